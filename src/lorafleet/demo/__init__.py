@@ -1,0 +1,1 @@
+"""The quickstart that `make demo` runs, and its sample data."""
