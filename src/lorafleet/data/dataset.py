@@ -60,6 +60,7 @@ class PrepareReport(BaseModel):
     seed: int
     rejections_by_reason: dict[str, int] = Field(default_factory=dict)
     length_histogram: list[tuple[int, int]] = Field(default_factory=list, description="(bucket upper bound, count)")
+    formats: dict[str, int] = Field(default_factory=dict, description="accepted samples per input format")
 
     @property
     def error_rate(self) -> float:
