@@ -1,0 +1,224 @@
+"""The training loop: optimizer steps over length-grouped batches, evaluation, early stopping, checkpoints.
+
+Loss is the mean over trained tokens of the whole optimizer step — every micro-batch of every
+process — so results do not depend on how a global batch is split into micro-batches or processes
+(each process divides its token-loss sum by the global token count; DDP averages, so we scale by
+the world size to turn that average back into the sum).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lorafleet.config import TrainConfig
+from lorafleet.data.dataset import IGNORE_INDEX
+from lorafleet.train.batching import Sample, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard
+from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
+from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from lorafleet.train.progress import RunLogger
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built by the trainer's setup step."""
+
+    config: TrainConfig
+    model: torch.nn.Module  # the PEFT model (unwrapped)
+    forward_model: torch.nn.Module  # what forward/backward go through: DDP(model) or the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    autocast_dtype: torch.dtype | None
+    device: torch.device
+    dist: DistInfo
+    train: list[Sample]
+    eval: list[Sample]
+    pad_token_id: int
+    checkpoint_dir: Path
+    run_key: dict[str, Any]
+    logger: RunLogger
+    state: TrainState = field(default_factory=TrainState)
+    best_adapter: dict[str, torch.Tensor] | None = None
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        lengths = [len(s.input_ids) for s in self.train]
+        c = self.config
+        return epoch_batches(lengths, c.batch_size, self.dist.world_size, c.seed, epoch, c.length_group_window)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.batches(0)) / self.config.grad_accum)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.max_steps or self.config.epochs * self.steps_per_epoch
+
+
+StepHook = Callable[[TrainState], None]
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropy where token t predicts label t+1; positions labelled IGNORE_INDEX carry no loss.
+
+    logits: (batch, seq, vocab); labels: (batch, seq).
+    """
+    shifted_logits = logits[:, :-1, :].float()  # (batch, seq-1, vocab)
+    shifted_labels = labels[:, 1:]  # (batch, seq-1)
+    return F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
+    batch = collate_packed(samples) if run.config.packing else collate_padded(samples, run.pad_token_id)
+    return {k: v.to(run.device) for k, v in batch.items()}
+
+
+def _autocast(run: Run):
+    if run.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=run.autocast_dtype)
+
+
+def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, float]:
+    """One optimizer step over this process's micro-batches; returns (loss, global input tokens, grad norm)."""
+    samples = [[run.train[i] for i in mb] for mb in micro_batches]
+    counts = torch.tensor(
+        [sum(s.trained_tokens for mb in samples for s in mb), sum(len(s.input_ids) for mb in samples for s in mb)],
+        dtype=torch.float64,
+    )
+    trained_tokens, input_tokens = all_reduce_sum(counts, run.dist).tolist()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    run.forward_model.train()
+    for i, mb in enumerate(samples):
+        batch = _collate(run, mb)
+        last = i == len(samples) - 1
+        sync = contextlib.nullcontext() if last or not run.dist.enabled else run.forward_model.no_sync()
+        with sync:
+            with _autocast(run):
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                logits = run.forward_model(**inputs, use_cache=False).logits
+            token_loss = causal_lm_loss_sum(logits, batch["labels"])
+            loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
+        loss_sum += token_loss.detach().double().cpu()
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm)
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    total = all_reduce_sum(loss_sum, run.dist).item()
+    return total / max(trained_tokens, 1), int(input_tokens), float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> float | None:
+    """Mean token loss over the eval split (sharded over processes); None when the split is empty."""
+    if not run.eval:
+        return None
+    run.model.eval()
+    lengths = [len(s.input_ids) for s in run.eval]
+    totals = torch.zeros(2, dtype=torch.float64)
+    for idx in eval_batches(lengths, run.config.batch_size, run.dist.rank, run.dist.world_size):
+        samples = [run.eval[i] for i in idx]
+        batch = collate_padded(samples, run.pad_token_id)
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with _autocast(run):
+            logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        totals[0] += causal_lm_loss_sum(logits, batch["labels"]).double().cpu()
+        totals[1] += sum(s.trained_tokens for s in samples)
+    loss_sum, tokens = all_reduce_sum(totals, run.dist).tolist()
+    return loss_sum / tokens if tokens else None
+
+
+def _record_eval(run: Run) -> None:
+    """Evaluate, track the best adapter and the early-stopping counter."""
+    loss = evaluate(run)
+    state = run.state
+    state.eval_loss = loss
+    if loss is None:
+        return
+    run.logger.log_eval(state.step, loss)
+    if state.best_eval_loss is None or loss < state.best_eval_loss:
+        state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.step, 0
+        if run.config.keep_best:
+            run.best_adapter = trainable_state(run.model)
+    else:
+        state.evals_without_improvement += 1
+
+
+def checkpoint(run: Run) -> None:
+    """Save a checkpoint of the current state (rank 0 writes; every rank contributes its RNG state)."""
+    rng_states = all_gather_objects(capture_rng(), run.dist)
+    if run.dist.is_main:
+        optimizer_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict()}
+        if run.scaler:
+            optimizer_state["scaler"] = run.scaler.state_dict()
+        save_checkpoint(
+            run.checkpoint_dir, run.state, run.run_key, trainable_state(run.model), run.best_adapter, optimizer_state, rng_states
+        )
+        run.logger.flush()
+    broadcast_object(None, run.dist)  # nobody races ahead of a checkpoint being written
+
+
+def fit(run: Run, on_step: StepHook | None = None) -> TrainState:
+    """Train from `run.state` until the epochs or max_steps are done or early stopping fires.
+
+    Checkpoints at the end of every epoch and every `save_every` steps. `on_step` is called after
+    each optimizer step (after any checkpoint of that step) with the current state.
+    """
+    config, state = run.config, run.state
+    total_steps = run.total_steps
+    run.logger.start(total_steps, state.step)
+    last_eval_step = -1
+    while state.step < total_steps and not state.stopped_early:
+        batches = run.batches(state.epoch)
+        steps = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+        consumed = state.batch_in_epoch // config.grad_accum
+        for step_batches in steps[consumed:]:
+            started = time.perf_counter()
+            micro = [rank_shard(b, run.dist.rank, run.dist.world_size) for b in step_batches]
+            loss, tokens, grad_norm = train_step(run, micro)
+            elapsed = time.perf_counter() - started
+            state.step += 1
+            state.batch_in_epoch += len(step_batches)
+            state.tokens_seen += tokens
+            state.train_loss = loss
+            state.wall_time_s += elapsed
+            lr = run.scheduler.get_last_lr()[0]
+            run.logger.log_step(state, loss, lr, grad_norm, tokens / elapsed if elapsed > 0 else 0.0)
+            if config.eval_every and state.step % config.eval_every == 0:
+                _record_eval(run)
+                last_eval_step = state.step
+                patience = config.early_stopping_patience
+                state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+            epoch_done = state.batch_in_epoch >= len(batches)
+            if epoch_done:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            if epoch_done or (config.save_every and state.step % config.save_every == 0):
+                checkpoint(run)
+            if on_step:
+                on_step(state)
+            if state.step >= total_steps or state.stopped_early:
+                break
+    if last_eval_step != state.step:
+        _record_eval(run)
+    run.logger.finish(state)
+    return state
+

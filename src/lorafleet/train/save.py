@@ -1,0 +1,149 @@
+"""Where a run writes, and how the finished artifact appears atomically.
+
+For an output `runs/my-adapter` the run works in `runs/my-adapter.partial/` (staging):
+  checkpoints/       resumable checkpoints (see checkpoint.py)
+  metrics.jsonl      appended while training
+  tensorboard/       with --tensorboard
+  artifact/          the artifact assembled at the end, then renamed to `runs/my-adapter`
+The output folder therefore either does not exist or is complete; the staging folder is removed
+after a successful run and kept after an interrupted one, for `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from lorafleet.train.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class OutputError(ValueError):
+    """The output folder cannot be written as asked; the message says which flag to use."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    out: Path
+
+    @property
+    def staging(self) -> Path:
+        return self.out.parent / f"{self.out.name}.partial"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.staging / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.staging / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.staging / "tensorboard"
+
+    @property
+    def assembled(self) -> Path:
+        return self.staging / "artifact"
+
+
+def check_output(paths: RunPaths, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a finished artifact without --force, or to discard an interrupted run's checkpoints silently."""
+    if paths.out.exists() and (not paths.out.is_dir() or any(paths.out.iterdir())) and not force:
+        raise OutputError(f"{paths.out} exists and is not empty; pass --force to replace it, or choose another --out")
+    has_checkpoints = paths.checkpoints.is_dir() and any(paths.checkpoints.glob("step-*"))
+    if resume and not has_checkpoints:
+        raise OutputError(f"--resume: no checkpoint found in {paths.checkpoints} (nothing to resume)")
+    if not resume and has_checkpoints and not force:
+        raise OutputError(
+            f"{paths.staging} holds checkpoints of an interrupted run; pass --resume to continue it, "
+            "or --force to discard them and start over"
+        )
+
+
+def prepare_staging(paths: RunPaths, resume: bool) -> None:
+    """Create the staging folder; a fresh (non-resumed) run starts from an empty one."""
+    if not resume:
+        shutil.rmtree(paths.staging, ignore_errors=True)
+    paths.staging.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(paths.assembled, ignore_errors=True)  # a half-assembled artifact from a crash
+
+
+def write_artifact(paths: RunPaths, peft_model, tokenizer, manifest_fields: dict) -> Manifest:
+    """Assemble adapter files, tokenizer, metrics and `lorafleet.json` in staging, then rename into place.
+
+    `manifest_fields` holds every Manifest field except `files`, which is computed here.
+    """
+    folder = paths.assembled
+    folder.mkdir(parents=True)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the artifact
+    tokenizer.save_pretrained(folder)
+    if paths.metrics.is_file():
+        shutil.copyfile(paths.metrics, folder / "metrics.jsonl")
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise RuntimeError(f"PEFT did not write {missing}; refusing to publish an incomplete artifact")
+    manifest = Manifest(files=file_checksums(folder), **manifest_fields)
+    write_manifest(folder, manifest)
+    publish(folder, paths.out)
+    shutil.rmtree(paths.staging, ignore_errors=True)
+    return manifest
+
+
+def publish(folder: Path, out: Path) -> None:
+    """Rename `folder` to `out`, replacing whatever `out` held (check_output already allowed it)."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        os.rename(out, trash)
+        os.rename(folder, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(folder, out)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shaped the adapter (bitsandbytes only when installed)."""
+    versions = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def manifest_fields(config, base_name, base_fp, tokenizer_fp, report, dataset_sha, target_modules, state) -> dict:
+    """Every Manifest field but `files`, from the run's inputs and final state."""
+    from lorafleet import __version__
+
+    return {
+        "base_model": base_name,
+        "base_fingerprint": base_fp,
+        "tokenizer_fingerprint": tokenizer_fp,
+        "max_seq_length": report.max_seq_length,
+        "lora": LoraSpec(
+            r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, target_modules=sorted(target_modules),
+            use_rslora=config.rslora, use_dora=config.dora, quantization=config.quantization,
+        ),
+        "dataset": DatasetSpec(
+            sha256=dataset_sha, train_samples=report.train, eval_samples=report.eval,
+            report={
+                "lines": report.lines, "accepted": report.accepted, "rejected": report.rejected,
+                "duplicates": report.duplicates, "truncated": report.truncated, "tokens": report.tokens.model_dump(),
+            },
+        ),
+        "metrics": TrainMetrics(
+            train_loss=state.train_loss,
+            eval_loss=state.best_eval_loss if config.keep_best and state.best_eval_loss is not None else state.eval_loss,
+            steps=state.step, tokens_seen=state.tokens_seen, wall_time_s=round(state.wall_time_s, 3),
+            tokens_per_s=round(state.tokens_seen / state.wall_time_s, 2) if state.wall_time_s else 0.0,
+        ),
+        "lorafleet_version": __version__,
+        "library_versions": library_versions(),
+    }
