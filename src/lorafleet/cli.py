@@ -58,7 +58,123 @@ def model_info(model: str = ModelOption, as_json: bool = typer.Option(False, "--
 # ---- prepare -------------------------------------------------------------------------------------
 
 
+@app.command("prepare")
+def prepare(
+    inputs: list[Path] = typer.Argument(..., help="Chat JSONL files (.jsonl or .jsonl.gz), any of the four formats."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the prepared dataset into."),
+    model: str = ModelOption,
+    max_seq_length: int = typer.Option(2048, "--max-seq-length", help="Longest sample in tokens, template included."),
+    max_error_rate: float = typer.Option(0.05, "--max-error-rate", help="Fail when rejected/lines exceeds this fraction."),
+    eval_fraction: float = typer.Option(0.05, "--eval-fraction", help="Fraction of samples held out for evaluation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/eval split."),
+    on_overflow: str = typer.Option("truncate", "--on-overflow", help="Over-long samples: truncate (remove whole earlier turns) or drop."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (summary goes to stderr)."),
+) -> None:
+    """Validate chat JSONL, apply the model's chat template, mask non-assistant tokens, split, and write a dataset."""
+    from pydantic import ValidationError
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, PrepareOptions, prepare_dataset
+    from lorafleet.data.summary import print_summary
+    from lorafleet.data.writer import OutputError
+
+    try:
+        options = PrepareOptions(
+            model=model, max_seq_length=max_seq_length, max_error_rate=max_error_rate,
+            eval_fraction=eval_fraction, seed=seed, on_overflow=on_overflow,
+        )
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        fail(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}")
+    summary_console = err_console if as_json else console
+    columns = (SpinnerColumn(), TextColumn("preparing: {task.fields[lines]:,} lines read"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task("prepare", lines=0)
+            report = prepare_dataset(inputs, out, options, on_progress=lambda n: progress.update(task, lines=n))
+    except ErrorRateExceeded as exc:
+        print_summary(exc.report, err_console)
+        fail(str(exc), code=1)
+    except (PrepareError, OutputError, ModelError, OSError) as exc:
+        fail(str(exc))
+    print_summary(report, summary_console)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        console.print(f"wrote {out} (train {report.train:,}, eval {report.eval:,})", highlight=False)
+
+
 # ---- train / verify ------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset folder (from `lorafleet prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to create (written atomically)."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file of train options; flags override it."),
+    model: str | None = typer.Option(None, "--model", help=f"Base model (default {EMBEDDED_DEFAULT!r})."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the train split."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per micro-batch per process."),
+    grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank."),
+    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA alpha."),
+    lora_dropout: float | None = typer.Option(None, "--lora-dropout", help="Dropout on the LoRA input."),
+    target_modules: str | None = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
+    rslora: bool | None = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilized LoRA scaling (default on)."),
+    dora: bool | None = typer.Option(None, "--dora/--no-dora", help="Weight-decomposed LoRA (vLLM cannot serve it)."),
+    quantization: str | None = typer.Option(None, "--quantization", help="none | nf4 (QLoRA, CUDA only)."),
+    precision: str | None = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
+    gradient_checkpointing: bool | None = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."
+    ),
+    packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack samples (needs flash-attention)."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N steps (always at the end)."),
+    early_stopping_patience: int | None = typer.Option(None, "--early-stopping-patience", help="Evaluations without improvement before stopping."),
+    save_every: int | None = typer.Option(None, "--save-every", help="Also checkpoint every N steps (always each epoch)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for data order, LoRA init and dropout."),
+    tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard events."),
+    resume: bool | None = typer.Option(None, "--resume", help="Continue the interrupted run for --out."),
+    force: bool | None = typer.Option(None, "--force", help="Replace an existing --out."),
+) -> None:
+    """Train a LoRA / QLoRA adapter on a prepared dataset and write a self-describing artifact."""
+    from lorafleet.config import ConfigError, load_train_config
+    from lorafleet.data.dataset import DatasetError
+    from lorafleet.train.checkpoint import CheckpointError
+    from lorafleet.train.preflight import PreflightError
+    from lorafleet.train.save import OutputError
+    from lorafleet.train.trainer import train_adapter
+
+    overrides = {k: v for k, v in locals().items() if k not in {"data", "out", "config_file"}}
+    if target_modules is not None and target_modules != "all-linear":
+        overrides["target_modules"] = [m.strip() for m in target_modules.split(",") if m.strip()]
+    try:
+        config = load_train_config(config_file, overrides)
+        manifest = train_adapter(data, out, config)
+    except (ConfigError, PreflightError, OutputError, DatasetError, ModelError, CheckpointError) as exc:
+        fail(str(exc))
+    if manifest is None:
+        return
+    m = manifest.metrics
+    console.print(
+        f"[bold green]trained[/] {out}: {m.steps} steps, train loss {m.train_loss:.4f}, "
+        f"eval loss {m.eval_loss if m.eval_loss is None else round(m.eval_loss, 4)}, {m.tokens_per_s:,.0f} tokens/s",
+        highlight=False,
+    )
+
+
+@app.command("verify")
+def verify(artifact: Path = typer.Argument(..., help="Artifact folder (with lorafleet.json).")) -> None:
+    """Re-check an artifact's files against its manifest; exit 1 when anything is wrong."""
+    from lorafleet.train.artifact import verify_artifact
+
+    problems = verify_artifact(artifact)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[bold green]OK[/] {artifact}", highlight=False)
 
 
 # ---- adapters (registry) -------------------------------------------------------------------------
