@@ -135,10 +135,11 @@ def train(
     save_every: int | None = typer.Option(None, "--save-every", help="Also checkpoint every N steps (always each epoch)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for data order, LoRA init and dropout."),
     tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard events."),
-    resume: bool | None = typer.Option(None, "--resume", help="Continue the interrupted run for --out."),
-    force: bool | None = typer.Option(None, "--force", help="Replace an existing --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run for --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and discard its checkpoints)."),
 ) -> None:
     """Train a LoRA / QLoRA adapter on a prepared dataset and write a self-describing artifact."""
+    options = dict(locals())  # every flag, before any other local name exists
     from lorafleet.config import ConfigError, load_train_config
     from lorafleet.data.dataset import DatasetError
     from lorafleet.train.checkpoint import CheckpointError
@@ -146,7 +147,8 @@ def train(
     from lorafleet.train.save import OutputError
     from lorafleet.train.trainer import train_adapter
 
-    overrides = {k: v for k, v in locals().items() if k not in {"data", "out", "config_file"}}
+    overrides = {k: v for k, v in options.items() if k not in {"data", "out", "config_file"}}
+    overrides |= {"resume": resume or None, "force": force or None}  # an absent flag leaves the YAML's value
     if target_modules is not None and target_modules != "all-linear":
         overrides["target_modules"] = [m.strip() for m in target_modules.split(",") if m.strip()]
     try:

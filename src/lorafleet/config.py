@@ -34,7 +34,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="samples per micro-batch on each process")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the LoRA matrices")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay on the LoRA matrices")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up the LR")
     max_grad_norm: float = Field(0.3, gt=0, description="gradient-norm clipping threshold")
     lora_r: int = Field(32, ge=1, description="LoRA rank")
@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(None, ge=1, description="evaluate every N optimizer steps (always at the end)")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without a lower eval loss"
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="an eval loss counts as an improvement only when it beats the best by more than this"
     )
     keep_best: bool = Field(True, description="save the adapter with the lowest eval loss rather than the last")
     save_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps")

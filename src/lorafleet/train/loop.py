@@ -154,7 +154,7 @@ def _record_eval(run: Run) -> None:
     if loss is None:
         return
     run.logger.log_eval(state.step, loss)
-    if state.best_eval_loss is None or loss < state.best_eval_loss:
+    if state.best_eval_loss is None or loss < state.best_eval_loss - run.config.early_stopping_min_delta:
         state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.step, 0
         if run.config.keep_best:
             run.best_adapter = trainable_state(run.model)
