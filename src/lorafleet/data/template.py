@@ -7,7 +7,9 @@ The characters between the two are what the model produces for that turn; the tr
 the end of the first end-of-turn token in it. Text the template adds after that token (ChatML's
 newline after `<|im_end|>`) is not trained: a server stops at the end-of-turn token and never
 generates it. One tokenization of the whole text with character offsets then marks every token
-that overlaps a trained span.
+that overlaps a trained span, so the token ids are exactly `apply_chat_template(tokenize=True)`'s.
+Only whitespace merges across a span's start (content that begins with spaces, after a template
+newline); that one straddling token holds content, so it is trained.
 """
 
 from __future__ import annotations
