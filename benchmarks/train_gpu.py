@@ -1,0 +1,319 @@
+"""QLoRA / LoRA training speed and memory on one CUDA GPU: the seed's stack against lorafleet's path.
+
+Model: the Llama-3.1-8B architecture with random weights built on the GPU (speed does not depend on
+values). Rows, same data and LoRA init: (a) transformers + PEFT over a bitsandbytes NF4 base, gradient
+checkpointing, bf16 autocast, paged 8-bit AdamW, batch 2; (b) the same adapter through
+`lorafleet.train.speedups` (what `lorafleet train` applies on CUDA); (c)/(d) the same two over a bf16
+base (torch AdamW). Optional: the longest sequence that trains at batch 1 for (a) and (b).
+
+FLOPs counted per token (stated in BENCHMARKS.md): frozen base weights have no weight-gradient matmul,
+so a linear of P weights costs 2P forward + 2P input-gradient; LoRA (r, in, out) costs 2r(in+out)
+forward + 4r(in+out) backward; causal attention 2·S·H forward and twice that backward per layer.
+"useful" TFLOP/s counts those once (the same work for every row); "hw" adds each row's recomputation.
+
+    python3 benchmarks/train_gpu.py --out DIR [--context-search] [--layers N for a smoke run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorafleet.train import speedups as S
+
+R, ALPHA, DROPOUT, LR, CLIP = 32, 64, 0.05, 2e-4, 0.3
+
+
+def llama8b_config(layers: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=1 << 20,
+                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+def build_bf16(layers: int) -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM._from_config(llama8b_config(layers), torch_dtype=torch.bfloat16)
+    model.config.use_cache = False
+    return model
+
+
+def quantize_nf4(model: nn.Module) -> None:
+    """Replace every nn.Linear in the decoder layers with NF4 Linear4bit (double quant, bf16 compute),
+    one module at a time so the bf16 weights are freed as we go."""
+    import bitsandbytes as bnb
+
+    for layer in model.model.layers:
+        for name, child in list(layer.named_modules()):
+            for sub_name, sub in list(child.named_children()):
+                if type(sub) is nn.Linear:
+                    q = bnb.nn.Linear4bit(sub.in_features, sub.out_features, bias=sub.bias is not None,
+                                          compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4",
+                                          device="meta")
+                    q.weight = bnb.nn.Params4bit(sub.weight.data, requires_grad=False, blocksize=64,
+                                                 compress_statistics=True, quant_type="nf4").to("cuda")
+                    setattr(child, sub_name, q)
+                    del sub
+    model.is_loaded_in_4bit = True
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def make_data(steps: int, batch: int, seq: int, vocab: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Chat-like rows: a random prompt (labels -100, a quarter of the row) then an answer that repeats a
+    random 64-token motif (learnable), like prepare's assistant mask."""
+    g = torch.Generator().manual_seed(42)
+    data = []
+    for _ in range(steps):
+        prompt = torch.randint(0, vocab, (batch, seq // 4), generator=g)
+        motif = torch.randint(0, vocab, (batch, 64), generator=g)
+        answer = motif.repeat(1, math.ceil((seq - seq // 4) / 64))[:, : seq - seq // 4]
+        ids = torch.cat([prompt, answer], 1)
+        labels = ids.clone()
+        labels[:, : seq // 4] = -100
+        data.append((ids.cuda(), labels.cuda()))
+    return data
+
+
+def flops_per_token(cfg, seq: int, recompute: str) -> tuple[float, float]:
+    """(useful, hardware) FLOPs per trained token; recompute is 'hf'/'offload' (all), 'attention', 'none'."""
+    h, i, layers, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_key_value_heads
+    kv_dim = kv * h // cfg.num_attention_heads
+    attn_lin = [(h, h), (h, kv_dim), (h, kv_dim), (h, h)]
+    mlp_lin = [(h, i), (h, i), (i, h)]
+    fwd = lambda shapes: sum(2 * a * b + 2 * R * (a + b) for a, b in shapes)  # noqa: E731
+    bwd = lambda shapes: sum(2 * a * b + 4 * R * (a + b) for a, b in shapes)  # noqa: E731
+    core_fwd = 2 * seq * h
+    per_layer = fwd(attn_lin) + fwd(mlp_lin) + bwd(attn_lin) + bwd(mlp_lin) + 3 * core_fwd
+    head = 2 * cfg.vocab_size * h * 2
+    useful = layers * per_layer + head
+    extra = {"none": 0, "attention": fwd(attn_lin) + core_fwd}.get(recompute, fwd(attn_lin) + fwd(mlp_lin) + core_fwd)
+    return useful, useful + layers * extra
+
+
+def setup_row(model, quantized: bool, fast: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.is_gradient_checkpointing, "gradient checkpointing did not turn on"
+    torch.manual_seed(1234)
+    peft = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
+                                            use_rslora=True, task_type="CAUSAL_LM"))
+    peft.train()
+    params = [p for p in peft.parameters() if p.requires_grad]
+    if quantized:
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.PagedAdamW8bit(params, lr=LR, weight_decay=0.0)
+    else:
+        opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    return peft, params, opt
+
+
+def teardown_row(peft) -> nn.Module:
+    S.remove_speedups(peft)
+    model = peft.unload()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return model
+
+
+def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) -> tuple[list[float], float]:
+    """Runs one optimizer step per data item; returns (losses, seconds for the steps after warmup)."""
+    losses, start = [], None
+    for step, (ids, labels) in enumerate(data):
+        if step == warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        n_total = int((labels[:, 1:] != -100).sum())
+        total = 0.0
+        for lo in range(0, ids.shape[0], micro):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                if fast:
+                    loss_sum, _ = S.causal_lm_loss_sum(peft, ids[lo:lo + micro], labels[lo:lo + micro])
+                    loss = loss_sum / n_total
+                else:
+                    loss = peft(input_ids=ids[lo:lo + micro], labels=labels[lo:lo + micro]).loss
+            loss.backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(total))
+    torch.cuda.synchronize()
+    return losses, time.perf_counter() - start if start is not None else float("nan")
+
+
+def fast_plan(peft, batch: int, seq: int, budget: int | None) -> tuple[int, int | None]:
+    """(micro-batch, activation budget): the largest micro-batch whose activations need no recompute
+    within ``budget`` (bytes), else 1 (apply_speedups then picks the checkpointing)."""
+    if budget is None:
+        return batch, None
+    cfg = peft.config if hasattr(peft.config, "hidden_size") else peft.get_base_model().config
+    kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
+    per_token = S.saved_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, kv_dim, cfg.num_hidden_layers, "none")
+    return S.choose_micro_batch(batch, seq, per_token, budget), budget
+
+
+def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_total: int | None = None,
+            checkpointing: str = "auto", micro: int | None = None) -> tuple[dict, nn.Module]:
+    peft, params, opt = setup_row(model, quantized, fast)
+    batch, seq = data[0][0].shape
+    applied = None
+    if fast:
+        budget = None
+        if budget_total is not None:
+            torch.cuda.synchronize()
+            reserve = 4 * sum(p.numel() for p in params) + (1 << 30)  # fp32 grads + transients
+            budget = budget_total - torch.cuda.memory_allocated() - reserve
+        planned, budget = fast_plan(peft, batch, seq, budget)
+        micro = micro or planned
+        applied = S.apply_speedups(peft, S.SpeedupSettings(checkpointing=checkpointing), micro * seq, budget)
+    micro = micro or batch
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    losses, seconds = train_steps(peft, params, opt, data, micro, fast, args.warmup)
+    peak = torch.cuda.max_memory_allocated()
+    timed = len(data) - args.warmup
+    tps = batch * seq * timed / seconds
+    mode = applied.checkpointing if applied else "hf"
+    useful, hw = flops_per_token(peft.get_base_model().config, seq, mode)
+    row = dict(row=name, quantized=quantized, fast=fast, micro_batch=micro, batch=batch, checkpointing=mode,
+               tokens_per_s=tps, peak_gb=peak / 1e9, useful_tflops=tps * useful / 1e12, hw_tflops=tps * hw / 1e12,
+               losses=losses, applied=applied.__dict__ if applied else None)
+    print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+    del opt, params
+    return row, teardown_row(peft)
+
+
+def fits(model, quantized: bool, fast: bool, seq: int) -> tuple[bool, float, float]:
+    """Does one batch-1 training step at ``seq`` fit? Returns (fits, seconds, peak GB)."""
+    peft, params, opt = setup_row(model, quantized, fast)
+    if fast:
+        S.apply_speedups(peft, S.SpeedupSettings(), seq)
+    data = make_data(1, 1, seq, 128256)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    ok = True
+    try:
+        train_steps(peft, params, opt, data, 1, fast, 0)
+    except torch.OutOfMemoryError:
+        ok = False
+    seconds, peak = time.perf_counter() - start, torch.cuda.max_memory_allocated() / 1e9
+    opt.zero_grad(set_to_none=True)
+    del opt, params, data
+    model = teardown_row(peft)
+    return ok, seconds, peak, model
+
+
+def longest_context(model, fast: bool, start: int, cap_s: float, log: list) -> tuple[int, int | None, object]:
+    """Doubling from ``start`` then bisection (to 1/16 of the gap) within ``cap_s`` seconds; an attempt
+    predicted (quadratic in seq from the last one) to overrun the cap is not started. Returns
+    (longest that fit, shortest that failed or None if never reached, model)."""
+    good, bad, seq, t0, last = 0, None, start, time.perf_counter(), (start, 1.0)
+    while True:
+        predicted = last[1] * (seq / last[0]) ** 2
+        if time.perf_counter() - t0 + predicted > cap_s:
+            break
+        ok, seconds, peak, model = fits(model, True, fast, seq)
+        log.append(dict(fast=fast, seq=seq, fits=ok, seconds=seconds, peak_gb=peak))
+        print(json.dumps(log[-1]), flush=True)
+        if ok:
+            good, last = seq, (seq, seconds)
+        else:
+            bad = seq
+        if bad is None:
+            seq *= 2
+        elif bad - good <= max(1024, bad // 16):
+            break
+        else:
+            seq = (good + bad) // 2 // 1024 * 1024
+    return good, bad, model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rows", default="c,d,a,b")
+    ap.add_argument("--variants", default="", help="extra (b) rows: MODE:MICRO,... e.g. attention:2,none:1")
+    ap.add_argument("--context-search", action="store_true")
+    ap.add_argument("--context-cap-s", type=float, default=240)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_wanted = args.rows.split(",")
+    data = make_data(args.steps, args.batch, args.seq, 128256)
+    results: dict[str, dict] = {}
+    model = build_bf16(args.layers)
+    if "c" in rows_wanted:
+        results["c"], model = run_row("(c) plain bf16 LoRA", model, False, False, data, args)
+    if "d" in rows_wanted:
+        budget = results["c"]["peak_gb"] * 1e9 if "c" in results else None
+        results["d"], model = run_row("(d) lorafleet bf16 LoRA", model, False, True, data, args, budget)
+    quantize_nf4(model)
+    if "a" in rows_wanted:
+        results["a"], model = run_row("(a) seed stack QLoRA", model, True, False, data, args)
+    if "b" in rows_wanted:
+        budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
+        results["b"], model = run_row("(b) lorafleet QLoRA", model, True, True, data, args, budget)
+    for variant in filter(None, args.variants.split(",")):
+        mode, micro = variant.split(":")
+        results[f"b-{variant}"], model = run_row(f"(b) {mode} micro {micro}", model, True, True, data, args,
+                                                 None, mode, int(micro))
+    context_log: list = []
+    context = {}
+    if args.context_search:
+        a_good, a_bad, model = longest_context(model, False, 16384, args.context_cap_s / 3, context_log)
+        b_start = max(a_good, 16384) * 4
+        b_good, b_bad, model = longest_context(model, True, b_start, args.context_cap_s, context_log)
+        context = dict(a=(a_good, a_bad), b=(b_good, b_bad))
+    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+                  args={k: str(v) for k, v in vars(args).items()}, results=results, context=context,
+                  context_log=context_log)
+    (args.out / "train_gpu.json").write_text(json.dumps(report, indent=1))
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    res = report["results"]
+    print(f"\n{report['device']}  torch {report['torch']}  {report['date']}")
+    print(f"{'row':28} {'micro':>5} {'ckpt':>9} {'tok/s':>8} {'peak GB':>8} {'useful TF/s':>11} {'hw TF/s':>8} {'ratio':>6}")
+    for key, row in res.items():
+        base = res.get("a" if row["quantized"] else "c")
+        ratio = row["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
+        print(f"{row['row']:28} {row['micro_batch']:>5} {row['checkpointing']:>9} {row['tokens_per_s']:>8.0f} "
+              f"{row['peak_gb']:>8.1f} {row['useful_tflops']:>11.0f} {row['hw_tflops']:>8.0f} {ratio:>6.2f}")
+    if "a" in res and "b" in res:
+        la, lb = res["a"]["losses"], res["b"]["losses"]
+        diff = max(abs(x - y) for x, y in zip(la, lb))
+        print("loss (a): " + " ".join(f"{x:.4f}" for x in la))
+        print("loss (b): " + " ".join(f"{x:.4f}" for x in lb))
+        print(f"max |loss(a) - loss(b)| over {len(la)} steps: {diff:.4f}")
+    if report["context"]:
+        print(f"longest batch-1 context (fits, first fail): {report['context']}")
+
+
+if __name__ == "__main__":
+    main()
