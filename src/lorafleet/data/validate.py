@@ -151,12 +151,13 @@ def _rejection_from(fmt: Format, exc: ValidationError) -> Rejection:
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "record"
     field = loc[-1] if loc else None
     got = error.get("input")
-    detail = f"{error['msg']} (got {_short(got)})" if error["type"] != "missing" else error["msg"]
+    msg = error["msg"].removeprefix("Value error, ")
+    detail = f"{msg} (got {_short(got)})" if error["type"] != "missing" else msg
     message = f"{fmt}: {where}: {detail}"
     if field in ("role", "from") and error["type"] == "literal_error":
         return Rejection(Reason.INVALID_ROLE, message)
     if field in ("content", "value", "instruction", "output") and error["type"] in ("value_error", "string_too_short"):
-        return Rejection(Reason.EMPTY_CONTENT if "blank" in error["msg"] else Reason.INVALID_FIELD, message)
+        return Rejection(Reason.EMPTY_CONTENT if "blank" in msg else Reason.INVALID_FIELD, message)
     return Rejection(Reason.INVALID_FIELD, message)
 
 
