@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafleet.paths import home_dir
+from lorafleet.registry.errors import ArtifactRejected
 from lorafleet.train.artifact import MANIFEST_NAME, Manifest, sha256_file
 
 STAGING = ".staging"
@@ -87,7 +88,7 @@ def put(folder: Path, manifest: Manifest, digest: str) -> tuple[Path, bool]:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / rel, target, follow_symlinks=False)
         if _damaged(staging, manifest, digest):
-            raise ValueError(f"{folder} changed while it was being copied; push it again")
+            raise ArtifactRejected(str(folder), ["its files changed while they were being copied; push it again"])
         if dest.is_dir():  # damaged copy from before: move it aside, then replace
             trash = store_dir() / STAGING / f"damaged.{uuid.uuid4().hex[:8]}"
             os.rename(dest, trash)
