@@ -2,13 +2,16 @@
 
 read lines → parse and validate → skip duplicates → render template and locate assistant spans →
 tokenize the chunk in one batch → fit the length limit → split → write, one chunk at a time, so
-memory stays flat however large the input is.
+memory stays flat however large the input is. Tokenizing a chunk (Rust, without the GIL) runs in a
+worker thread while the main thread parses and renders the next one.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -83,10 +86,7 @@ def prepare_dataset(
     try:
         writer = DatasetWriter(staging, with_file_names=len(inputs) > 1)
         try:
-            for chunk in _chunks(_parsed_lines(inputs), options.chunk_size):
-                _prepare_chunk(chunk, encoder, options, writer, tally)
-                if on_progress:
-                    on_progress(tally.lines)
+            _stream(inputs, encoder, options, writer, tally, on_progress)
         finally:
             writer.close()
         report = tally.report(
@@ -108,6 +108,28 @@ def prepare_dataset(
     return report
 
 
+def _stream(
+    inputs: list[Path], encoder: ChatEncoder, options: PrepareOptions, writer: DatasetWriter, tally: Tally,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    """Run every chunk through plan → encode (worker thread) → finish, with one chunk encoding ahead."""
+    writes: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight: tuple[_Planned, Future] | None = None
+        for chunk in _chunks(_parsed_lines(inputs), options.chunk_size):
+            planned = _plan_chunk(chunk, encoder, tally)
+            encoding = pool.submit(_encode, planned, encoder)
+            if in_flight:
+                writes += _finish_chunk(in_flight[0], in_flight[1].result(), encoder, options, writer, tally, pool)
+                if on_progress:
+                    on_progress(tally.lines)
+            in_flight = planned, encoding
+        if in_flight:
+            writes += _finish_chunk(in_flight[0], in_flight[1].result(), encoder, options, writer, tally, pool)
+    for write in writes:
+        write.result()  # re-raises a failed Parquet write
+
+
 def _parsed_lines(inputs: list[Path]) -> Iterator[Record | RejectedLine]:
     for path in inputs:
         for raw in read_lines(path):
@@ -120,31 +142,51 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _prepare_chunk(
-    chunk: list[Record | RejectedLine], encoder: ChatEncoder, options: PrepareOptions, writer: DatasetWriter, tally: Tally
-) -> None:
-    """Template, tokenize, fit, split and write one chunk of parsed lines; rejections keep line order."""
+@dataclass
+class _Planned:
+    """A chunk after parsing and rendering, waiting for its tokenization."""
+
+    rejected: dict[int, RejectedLine]  # position in the chunk → rejection
+    pending: list[tuple[int, Record, int]]  # (position, record, chat key) of records to template
+    plans: list[Rendered | Rejection]  # one per pending record
+
+
+def _plan_chunk(chunk: list[Record | RejectedLine], encoder: ChatEncoder, tally: Tally) -> _Planned:
     tally.lines += len(chunk)
-    rejected: dict[int, RejectedLine] = {i: item for i, item in enumerate(chunk) if isinstance(item, RejectedLine)}
+    rejected = {i: item for i, item in enumerate(chunk) if isinstance(item, RejectedLine)}
     # Duplicates of samples already written are skipped before the costly templating.
     pending = [(i, item, chat_key(item.chat)) for i, item in enumerate(chunk) if isinstance(item, Record)]
     tally.duplicates += sum(key in tally.seen for _, _, key in pending)
     pending = [p for p in pending if p[2] not in tally.seen]
+    return _Planned(rejected, pending, [encoder.plan(record.chat) for _, record, _ in pending])
 
-    plans = [encoder.plan(record.chat) for _, record, _ in pending]
-    renderable = [p for p in plans if isinstance(p, Rendered)]
-    encoded = iter(encoder.encode_batch(renderable)) if renderable else iter(())
-    results = [next(encoded) if isinstance(p, Rendered) else p for p in plans]
 
+def _encode(planned: _Planned, encoder: ChatEncoder) -> list[Encoded | Rejection]:
+    """Tokenize the renderable plans of a chunk; rejections pass through in place."""
+    renderable = [p for p in planned.plans if isinstance(p, Rendered)]
+    encoded = iter(encoder.encode_batch(renderable) if renderable else ())
+    return [next(encoded) if isinstance(p, Rendered) else p for p in planned.plans]
+
+
+def _finish_chunk(
+    planned: _Planned, results: list[Encoded | Rejection], encoder: ChatEncoder, options: PrepareOptions,
+    writer: DatasetWriter, tally: Tally, pool: ThreadPoolExecutor,
+) -> list[Future]:
+    """Fit, dedupe, split and write one tokenized chunk; rejections keep line order.
+
+    The Parquet writes go to `pool` (one worker, so in submission order; Arrow releases the GIL);
+    their futures are returned for the caller to check.
+    """
+    rejected = planned.rejected
     rows: dict[str, list[tuple[str, int, Encoded]]] = {"train": [], "eval": []}
-    for (i, record, key), result in zip(pending, results):
+    for (i, record, key), result in zip(planned.pending, results):
         truncated = False
         if isinstance(result, Encoded) and result.num_tokens > options.max_seq_length:
             result, truncated = _fit(record.chat, result.num_tokens, encoder, options)
         if isinstance(result, Rejection):
             rejected[i] = RejectedLine(record.file, record.line, result.reason, result.message, record.raw)
             continue
-        if key in tally.seen:  # an earlier line of this same chunk
+        if key in tally.seen:  # an earlier line of this chunk, or of the chunk planned alongside it
             tally.duplicates += 1
             continue
         tally.seen.add(key)
@@ -152,12 +194,11 @@ def _prepare_chunk(
         rows[split].append((record.file, record.line, result))
         tally.add_sample(split, result, record.format, truncated)
 
-    for split, samples in rows.items():
-        writer.write_samples(split, samples)
     ordered = [rejected[i] for i in sorted(rejected)]
     writer.write_rejections(ordered)
     for entry in ordered:
         tally.add_rejection(entry.reason)
+    return [pool.submit(writer.write_samples, split, samples) for split, samples in rows.items()]
 
 
 def _fit(chat: Chat, length: int, encoder: ChatEncoder, options: PrepareOptions) -> tuple[Encoded | Rejection, bool]:

@@ -8,7 +8,6 @@ filter grows: 8 bytes of hash per accepted conversation (about 20 MB of Python s
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 
 import numpy as np
@@ -20,7 +19,8 @@ from lorafleet.data.validate import Chat, Reason
 
 def chat_key(chat: Chat) -> int:
     """A 64-bit identity of a normalised chat: equal chats (from any of the four formats) get equal keys."""
-    canonical = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # Record/unit separators between fields: cheaper than JSON, and content with them is only ever a tie.
+    canonical = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in chat).encode("utf-8")
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "big")
 
 

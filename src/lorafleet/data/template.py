@@ -111,33 +111,43 @@ class ChatEncoder:
         return start, min(found)
 
     def encode_batch(self, rendered: list[Rendered]) -> list[Encoded | Rejection]:
-        """Tokenize many rendered chats at once and compute their labels."""
+        """Tokenize many rendered chats at once and compute their labels.
+
+        Safe to call from a worker thread: the Rust tokenizer releases the GIL while it encodes.
+        """
         encodings = self._backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
-        return [self._labels(r, enc.ids, enc.offsets) for r, enc in zip(rendered, encodings)]
+        return [self._labels(r, enc) for r, enc in zip(rendered, encodings)]
 
     def encode(self, chat: Chat) -> Encoded | Rejection:
         plan = self.plan(chat)
         return plan if isinstance(plan, Rejection) else self.encode_batch([plan])[0]
 
-    def _labels(self, rendered: Rendered, ids: list[int], offsets: list[tuple[int, int]]) -> Encoded | Rejection:
-        input_ids = np.asarray(ids, dtype=np.int32)
-        offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        starts, stops = offs[:, 0], offs[:, 1]
-        trained = np.zeros(len(input_ids), dtype=bool)
+    def _labels(self, rendered: Rendered, encoding) -> Encoded | Rejection:
+        input_ids = np.asarray(encoding.ids, dtype=np.int32)  # (num_tokens,)
+        labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
         for turn, (lo, hi) in enumerate(rendered.spans):
-            # A token is trained when it overlaps the span; an empty-offset token counts by its position.
-            in_span = (starts < hi) & ((stops > lo) | ((starts == stops) & (starts >= lo)))
-            hits = np.flatnonzero(in_span)
-            if len(hits) == 0 or int(input_ids[hits[-1]]) not in self.eot_ids:
+            tokens = self._token_range(encoding, lo, hi)
+            if tokens is None or int(input_ids[tokens[1] - 1]) not in self.eot_ids:
                 return Rejection(
                     Reason.NO_END_OF_TURN,
                     f"assistant turn {turn} does not end with a single end-of-turn token after tokenization",
                 )
-            trained |= in_span
-        if not trained.any():
+            labels[tokens[0] : tokens[1]] = input_ids[tokens[0] : tokens[1]]
+        if not (labels != IGNORE_INDEX).any():
             return Rejection(Reason.NO_TRAINED_TOKENS, "no token of this sample is trained")
-        labels = np.where(trained, input_ids, np.int32(IGNORE_INDEX)).astype(np.int32)
         return Encoded(input_ids, labels)
+
+    @staticmethod
+    def _token_range(encoding, lo: int, hi: int) -> tuple[int, int] | None:
+        """[first, stop) indices of the tokens overlapping characters [lo, hi)."""
+        first, last = encoding.char_to_token(lo), encoding.char_to_token(hi - 1)
+        if first is not None and last is not None:
+            return first, last + 1
+        # A character outside every token's offsets (a tokenizer that trims offsets): scan them.
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        starts, stops = offsets[:, 0], offsets[:, 1]
+        hits = np.flatnonzero((starts < hi) & ((stops > lo) | ((starts == stops) & (starts >= lo))))
+        return (int(hits[0]), int(hits[-1]) + 1) if len(hits) else None
 
 
 def end_of_turn_ids(tokenizer, model_path: Path) -> set[int]:
