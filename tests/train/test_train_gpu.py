@@ -1,0 +1,66 @@
+"""The CUDA paths: QLoRA (NF4 + paged 8-bit AdamW) and bf16 LoRA, on the tiny model. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from prepared_data import read_metrics, tiny_config
+
+from lorafleet.train.artifact import verify_artifact
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+
+
+@needs_bnb
+def test_qlora_base_is_nf4_on_one_device_with_checkpointing(tiny_model: Path):
+    from lorafleet.train.trainer import attach_adapter, build_optimizer, load_base_model
+
+    config = tiny_config(tiny_model, quantization="nf4", precision="bf16", gradient_checkpointing=True)
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = load_base_model(config, tiny_model, "bf16", device)
+    assert model.is_gradient_checkpointing
+    assert set(model.hf_device_map.values()) == {device.index}  # explicit placement, never "auto"
+    linear = model.model.layers[0].self_attn.q_proj
+    assert type(linear).__name__ == "Linear4bit" and linear.weight.quant_type == "nf4"
+    peft_model = attach_adapter(model, config)
+    optimizer, _ = build_optimizer(peft_model, config, total_steps=10)
+    assert type(optimizer).__name__ == "PagedAdamW8bit"
+
+
+@needs_bnb
+def test_qlora_trains_and_saves(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorafleet.train.trainer import train_adapter
+
+    out = tmp_path / "qlora"
+    config = tiny_config(tiny_model, quantization="nf4", precision="auto", gradient_checkpointing=True, epochs=4, max_grad_norm=1.0)
+    manifest = train_adapter(tiny_data, out, config, show_progress=False)
+    assert manifest.lora.quantization == "nf4" and verify_artifact(out) == []
+    losses = [r["loss"] for r in read_metrics(out) if r["type"] == "train"]
+    assert sum(losses[-4:]) < sum(losses[:4]) - 0.1, losses
+    ids = torch.tensor([[1, 502, 3000, 42, 7, 9]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(ids).logits.clone()
+        after = PeftModel.from_pretrained(base, out).eval()(ids).logits
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_bf16_lora_trains(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    from lorafleet.train.trainer import train_adapter
+
+    out = tmp_path / "bf16"
+    manifest = train_adapter(tiny_data, out, tiny_config(tiny_model, precision="auto", epochs=4, max_grad_norm=1.0), show_progress=False)
+    assert verify_artifact(out) == []
+    losses = [r["loss"] for r in read_metrics(out) if r["type"] == "train"]
+    assert sum(losses[-4:]) < sum(losses[:4]) - 0.1, losses
+    assert manifest.metrics.steps == 16
