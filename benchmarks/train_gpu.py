@@ -161,13 +161,14 @@ def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) ->
 
 
 def fast_plan(peft, batch: int, seq: int, budget: int | None) -> tuple[int, int | None]:
-    """(micro-batch, activation budget): the largest micro-batch whose activations need no recompute
-    within ``budget`` (bytes), else 1 (apply_speedups then picks the checkpointing)."""
+    """(micro-batch, activation budget): the largest micro-batch that fits ``budget`` (bytes) with at most
+    attention recomputed (a larger micro-batch was worth more than skipping the attention recompute in
+    the first measurement), else 1; apply_speedups then picks the checkpointing."""
     if budget is None:
         return batch, None
     cfg = peft.config if hasattr(peft.config, "hidden_size") else peft.get_base_model().config
     kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
-    per_token = S.saved_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, kv_dim, cfg.num_hidden_layers, "none")
+    per_token = S.saved_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, kv_dim, cfg.num_hidden_layers, "attention")
     return S.choose_micro_batch(batch, seq, per_token, budget), budget
 
 
@@ -180,7 +181,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
         budget = None
         if budget_total is not None:
             torch.cuda.synchronize()
-            reserve = 4 * sum(p.numel() for p in params) + (1 << 30)  # fp32 grads + transients
+            reserve = 4 * sum(p.numel() for p in params) + (1 << 29)  # fp32 grads + transients
             budget = budget_total - torch.cuda.memory_allocated() - reserve
         planned, budget = fast_plan(peft, batch, seq, budget)
         micro = micro or planned
@@ -285,7 +286,7 @@ def main() -> None:
     context_log: list = []
     context = {}
     if args.context_search:
-        a_good, a_bad, model = longest_context(model, False, 16384, args.context_cap_s / 3, context_log)
+        a_good, a_bad, model = longest_context(model, False, 32768, args.context_cap_s / 3, context_log)
         b_start = max(a_good, 16384) * 4
         b_good, b_bad, model = longest_context(model, True, b_start, args.context_cap_s, context_log)
         context = dict(a=(a_good, a_bad), b=(b_good, b_bad))
