@@ -9,7 +9,8 @@ import pytest
 from chat_files import chat, write_jsonl
 
 from lorafleet.data.dataset import IGNORE_INDEX, load_report, read_split
-from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, prepare_dataset, shortened_chats
+from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, prepare_dataset
+from lorafleet.data.samples import shortened_chats
 from lorafleet.data.writer import OutputError
 from lorafleet.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
 
@@ -159,3 +160,20 @@ def test_out_folder_is_replaced_only_when_it_is_a_prepared_dataset(tiny_model: P
 
     with pytest.raises(PrepareError, match="not found"):
         prepare_dataset([tmp_path / "missing.jsonl"], tmp_path / "x", opts())
+
+
+def test_worker_processes_write_exactly_what_one_process_writes(tiny_model: Path, tmp_path: Path, opts) -> None:
+    lines: list = []
+    for i in range(60):
+        lines.append(chat(f"question {i % 45}", f"answer {i % 45}"))  # 15 duplicates, some across chunks
+        if i % 9 == 0:
+            lines.append("{broken")
+        if i % 13 == 0:
+            lines.append(chat(f"long {i}", "word " * 200))  # over the limit: rejected
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    one = prepare_dataset([path], tmp_path / "one", opts(max_seq_length=128, chunk_size=7, workers=1))
+    two = prepare_dataset([path], tmp_path / "two", opts(max_seq_length=128, chunk_size=7, workers=2))
+    assert one == two
+    assert (one.accepted, one.duplicates, one.rejections_by_reason) == (45, 15, {"invalid_json": 7, "too_long": 5})
+    for name in ("train.parquet", "eval.parquet", "rejected.jsonl", "report.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -1,17 +1,17 @@
 """`lorafleet prepare`: raw chat JSONL in, a templated, loss-masked, split dataset out.
 
-read lines → parse and validate → skip duplicates → render template and locate assistant spans →
-tokenize the chunk in one batch → fit the length limit → split → write, one chunk at a time, so
-memory stays flat however large the input is. Tokenizing a chunk (Rust, without the GIL) runs in a
-worker thread while the main thread parses and renders the next one.
+read lines → (per chunk: parse and validate → render template, locate assistant spans → tokenize in
+one batch → fit the length limit) → drop duplicates → split → write. Chunks stream through, so
+memory stays flat however large the input is. The per-chunk work overlaps tokenizing with rendering
+in one process, or runs in worker processes on large inputs and many CPUs; results come back in
+input order either way, so the output does not depend on it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -19,12 +19,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from lorafleet.data.dataset import PrepareReport
-from lorafleet.data.formats import Record, RejectedLine, parse_line, read_lines
-from lorafleet.data.tally import Tally, chat_key, split_for
-from lorafleet.data.template import ChatEncoder, Encoded, Rendered
-from lorafleet.data.validate import Chat, Reason, Rejection
+from lorafleet.data.formats import RawLine, RejectedLine, read_lines
+from lorafleet.data.samples import Limits, Sample, in_processes, in_thread_pipeline
+from lorafleet.data.tally import Tally, split_for
+from lorafleet.data.template import ChatEncoder, Encoded
 from lorafleet.data.writer import DatasetWriter, check_out_dir, publish, staging_dir
 from lorafleet.models import EMBEDDED_DEFAULT, load_tokenizer, model_fingerprint, resolve_model, tokenizer_fingerprint
+
+PARALLEL_FROM_BYTES = 8 * 2**20  # below this, starting worker processes costs more than it saves
 
 
 class PrepareOptions(BaseModel):
@@ -39,6 +41,9 @@ class PrepareOptions(BaseModel):
         "truncate", description="over-long samples: remove whole earlier turns, or reject them"
     )
     chunk_size: int = Field(1000, ge=1, description="conversations tokenized per batch")
+    workers: int = Field(
+        0, ge=0, description="worker processes; 0 = automatic: CPUs - 1 (at most 8) for inputs over 8 MB on 4+ CPUs, else 1"
+    )
 
 
 class PrepareError(ValueError):
@@ -86,7 +91,7 @@ def prepare_dataset(
     try:
         writer = DatasetWriter(staging, with_file_names=len(inputs) > 1)
         try:
-            _stream(inputs, encoder, options, writer, tally, on_progress)
+            _stream(inputs, ref.path, encoder, options, writer, tally, on_progress)
         finally:
             writer.close()
         report = tally.report(
@@ -109,31 +114,39 @@ def prepare_dataset(
 
 
 def _stream(
-    inputs: list[Path], encoder: ChatEncoder, options: PrepareOptions, writer: DatasetWriter, tally: Tally,
-    on_progress: Callable[[int], None] | None,
+    inputs: list[Path], model_path: Path, encoder: ChatEncoder, options: PrepareOptions, writer: DatasetWriter,
+    tally: Tally, on_progress: Callable[[int], None] | None,
 ) -> None:
-    """Run every chunk through plan → encode (worker thread) → finish, with one chunk encoding ahead."""
-    writes: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        in_flight: tuple[_Planned, Future] | None = None
-        for chunk in _chunks(_parsed_lines(inputs), options.chunk_size):
-            planned = _plan_chunk(chunk, encoder, tally)
-            encoding = pool.submit(_encode, planned, encoder)
-            if in_flight:
-                writes += _finish_chunk(in_flight[0], in_flight[1].result(), encoder, options, writer, tally, pool)
-                if on_progress:
-                    on_progress(tally.lines)
-            in_flight = planned, encoding
-        if in_flight:
-            writes += _finish_chunk(in_flight[0], in_flight[1].result(), encoder, options, writer, tally, pool)
-    for write in writes:
-        write.result()  # re-raises a failed Parquet write
+    limits = Limits(options.max_seq_length, options.on_overflow)
+    chunks = _chunks(_raw_lines(inputs), options.chunk_size)
+    workers = worker_count(inputs, options)
+    if workers > 1:
+        results = in_processes(chunks, model_path, limits, workers)
+    else:
+        results = in_thread_pipeline(chunks, encoder, limits)
+    for outcomes in results:
+        _finish_chunk(outcomes, options, writer, tally)
+        if on_progress:
+            on_progress(tally.lines)
 
 
-def _parsed_lines(inputs: list[Path]) -> Iterator[Record | RejectedLine]:
+def worker_count(inputs: list[Path], options: PrepareOptions) -> int:
+    """Processes to use: --workers when given; else CPUs - 1 (at most 8) for large inputs on 4+ CPUs, else 1.
+
+    With fewer CPUs the worker processes only compete with the parent; one process that overlaps
+    tokenizing with rendering (two threads) is as fast there and uses a third of the memory.
+    """
+    if options.workers:
+        return options.workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cpus < 4 or sum(p.stat().st_size for p in inputs) < PARALLEL_FROM_BYTES:
+        return 1
+    return min(cpus - 1, 8)
+
+
+def _raw_lines(inputs: list[Path]) -> Iterator[RawLine]:
     for path in inputs:
-        for raw in read_lines(path):
-            yield parse_line(raw)
+        yield from read_lines(path)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -142,103 +155,22 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-@dataclass
-class _Planned:
-    """A chunk after parsing and rendering, waiting for its tokenization."""
-
-    rejected: dict[int, RejectedLine]  # position in the chunk → rejection
-    pending: list[tuple[int, Record, int]]  # (position, record, chat key) of records to template
-    plans: list[Rendered | Rejection]  # one per pending record
-
-
-def _plan_chunk(chunk: list[Record | RejectedLine], encoder: ChatEncoder, tally: Tally) -> _Planned:
-    tally.lines += len(chunk)
-    rejected = {i: item for i, item in enumerate(chunk) if isinstance(item, RejectedLine)}
-    # Duplicates of samples already written are skipped before the costly templating.
-    pending = [(i, item, chat_key(item.chat)) for i, item in enumerate(chunk) if isinstance(item, Record)]
-    tally.duplicates += sum(key in tally.seen for _, _, key in pending)
-    pending = [p for p in pending if p[2] not in tally.seen]
-    return _Planned(rejected, pending, [encoder.plan(record.chat) for _, record, _ in pending])
-
-
-def _encode(planned: _Planned, encoder: ChatEncoder) -> list[Encoded | Rejection]:
-    """Tokenize the renderable plans of a chunk; rejections pass through in place."""
-    renderable = [p for p in planned.plans if isinstance(p, Rendered)]
-    encoded = iter(encoder.encode_batch(renderable) if renderable else ())
-    return [next(encoded) if isinstance(p, Rendered) else p for p in planned.plans]
-
-
-def _finish_chunk(
-    planned: _Planned, results: list[Encoded | Rejection], encoder: ChatEncoder, options: PrepareOptions,
-    writer: DatasetWriter, tally: Tally, pool: ThreadPoolExecutor,
-) -> list[Future]:
-    """Fit, dedupe, split and write one tokenized chunk; rejections keep line order.
-
-    The Parquet writes go to `pool` (one worker, so in submission order; Arrow releases the GIL);
-    their futures are returned for the caller to check.
-    """
-    rejected = planned.rejected
+def _finish_chunk(outcomes: list[Sample | RejectedLine], options: PrepareOptions, writer: DatasetWriter, tally: Tally) -> None:
+    """Count, dedupe, split and write one processed chunk (in line order)."""
+    tally.lines += len(outcomes)
     rows: dict[str, list[tuple[str, int, Encoded]]] = {"train": [], "eval": []}
-    for (i, record, key), result in zip(planned.pending, results):
-        truncated = False
-        if isinstance(result, Encoded) and result.num_tokens > options.max_seq_length:
-            result, truncated = _fit(record.chat, result.num_tokens, encoder, options)
-        if isinstance(result, Rejection):
-            rejected[i] = RejectedLine(record.file, record.line, result.reason, result.message, record.raw)
-            continue
-        if key in tally.seen:  # an earlier line of this chunk, or of the chunk planned alongside it
+    rejected: list[RejectedLine] = []
+    for outcome in outcomes:
+        if isinstance(outcome, RejectedLine):
+            rejected.append(outcome)
+            tally.add_rejection(outcome.reason)
+        elif outcome.key in tally.seen:
             tally.duplicates += 1
-            continue
-        tally.seen.add(key)
-        split = split_for(key, options.seed, options.eval_fraction)
-        rows[split].append((record.file, record.line, result))
-        tally.add_sample(split, result, record.format, truncated)
-
-    ordered = [rejected[i] for i in sorted(rejected)]
-    writer.write_rejections(ordered)
-    for entry in ordered:
-        tally.add_rejection(entry.reason)
-    return [pool.submit(writer.write_samples, split, samples) for split, samples in rows.items()]
-
-
-def _fit(chat: Chat, length: int, encoder: ChatEncoder, options: PrepareOptions) -> tuple[Encoded | Rejection, bool]:
-    """Bring an over-long sample within max_seq_length, or reject it with its length."""
-    limit = options.max_seq_length
-    if options.on_overflow == "drop":
-        return Rejection(Reason.TOO_LONG, f"sample is {length} tokens; --max-seq-length is {limit} (--on-overflow drop)"), False
-    candidates = shortened_chats(chat)
-    shortest = encoder.encode(candidates[-1])
-    if isinstance(shortest, Rejection):
-        return shortest, False
-    if shortest.num_tokens > limit:
-        return Rejection(
-            Reason.TOO_LONG,
-            f"sample is {length} tokens, still {shortest.num_tokens} with only the system prompt and the last "
-            f"exchange; --max-seq-length is {limit}",
-        ), False
-    # Lengths shrink along `candidates`: bisect for the first (the one keeping most turns) that fits.
-    lo, hi, best = 0, len(candidates) - 1, shortest
-    while lo < hi:
-        mid = (lo + hi) // 2
-        attempt = encoder.encode(candidates[mid])
-        if isinstance(attempt, Encoded) and attempt.num_tokens <= limit:
-            hi, best = mid, attempt
         else:
-            lo = mid + 1
-    return best, True
-
-
-def shortened_chats(chat: Chat) -> list[Chat]:
-    """Ever shorter versions of `chat` made by removing whole turns, longest first.
-
-    Leading system messages and the last assistant turn (with the turns since the user turn that
-    opened its exchange) are always kept; turns after the last assistant turn, which carry no loss,
-    are dropped. Every version starts its non-system part at a user turn, as templates expect.
-    """
-    n_system = next((i for i, m in enumerate(chat) if m["role"] != "system"), len(chat))
-    head, body = chat[:n_system], chat[n_system:]
-    last_assistant = max(i for i, m in enumerate(body) if m["role"] == "assistant")
-    body = body[: last_assistant + 1]
-    cuts = [0] + [j for j in range(1, last_assistant) if body[j]["role"] == "user"]
-    return [head + body[j:] for j in cuts]
-
+            tally.seen.add(outcome.key)
+            split = split_for(outcome.key, options.seed, options.eval_fraction)
+            rows[split].append((outcome.file, outcome.line, outcome.encoded))
+            tally.add_sample(split, outcome.encoded, outcome.format, outcome.truncated)
+    for split, samples in rows.items():
+        writer.write_samples(split, samples)
+    writer.write_rejections(rejected)
