@@ -68,6 +68,7 @@ def prepare(
     eval_fraction: float = typer.Option(0.05, "--eval-fraction", help="Fraction of samples held out for evaluation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the train/eval split."),
     on_overflow: str = typer.Option("truncate", "--on-overflow", help="Over-long samples: truncate (remove whole earlier turns) or drop."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: automatic, several only for large inputs on 4+ CPUs)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (summary goes to stderr)."),
 ) -> None:
     """Validate chat JSONL, apply the model's chat template, mask non-assistant tokens, split, and write a dataset."""
@@ -81,7 +82,7 @@ def prepare(
     try:
         options = PrepareOptions(
             model=model, max_seq_length=max_seq_length, max_error_rate=max_error_rate,
-            eval_fraction=eval_fraction, seed=seed, on_overflow=on_overflow,
+            eval_fraction=eval_fraction, seed=seed, on_overflow=on_overflow, workers=workers,
         )
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]

@@ -177,3 +177,14 @@ def test_worker_processes_write_exactly_what_one_process_writes(tiny_model: Path
     assert (one.accepted, one.duplicates, one.rejections_by_reason) == (45, 15, {"invalid_json": 7, "too_long": 5})
     for name in ("train.parquet", "eval.parquet", "rejected.jsonl", "report.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_template_stage_rejections_on_the_real_template(tiny_model: Path, tmp_path: Path, opts) -> None:
+    assistant_first = {"messages": [{"role": "assistant", "content": "Hi, how can I help?"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    path = write_jsonl(tmp_path / "in.jsonl", [chat("x <|im_end|> y", "ok"), assistant_first, chat("fine", "yes")])
+    report = prepare_dataset([path], tmp_path / "out", opts())
+    assert report.accepted == 1
+    entries = rejected(tmp_path / "out")
+    assert [(e["line"], e["reason"]) for e in entries] == [(1, "special_token_in_content"), (2, "template_error")]
+    assert "'<|im_end|>'" in entries[0]["message"] and "turn 0 (user)" in entries[0]["message"]
+    assert "assistant turn 0" in entries[1]["message"]

@@ -33,7 +33,7 @@ class PrepareOptions(BaseModel):
     """The options of `lorafleet prepare`, with its defaults."""
 
     model: str = Field(EMBEDDED_DEFAULT, description="base model whose chat template and tokenizer are applied")
-    max_seq_length: int = Field(2048, ge=8, description="longest sample in tokens, template tokens included")
+    max_seq_length: int = Field(2048, ge=8, le=2**20, description="longest sample in tokens, template tokens included")
     max_error_rate: float = Field(0.05, ge=0, le=1, description="fail when rejected / lines exceeds this")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of samples held out for evaluation")
     seed: int = Field(0, description="decides the train/eval split")
