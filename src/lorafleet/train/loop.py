@@ -71,11 +71,9 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
     logits: (batch, seq, vocab); labels: (batch, seq).
     """
-    shifted_logits = logits[:, :-1, :].float()  # (batch, seq-1, vocab)
-    shifted_labels = labels[:, 1:]  # (batch, seq-1)
-    return F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)), shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    # Shift the labels, not the logits: slicing (batch, seq, vocab) logits would copy them.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (batch, seq); the last position predicts nothing
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
