@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
         64, ge=1, description="batches per shuffled window sorted by length (1 = no length grouping)"
     )
     seed: int = Field(0, description="seeds data order, LoRA init and dropout")
-    tensorboard: bool = Field(False, description="also write TensorBoard events to <out>.partial/tensorboard")
+    tensorboard: bool = Field(False, description="also write TensorBoard events to <out>.tensorboard/")
     resume: bool = Field(False, description="continue from the last checkpoint of an interrupted run")
     force: bool = Field(False, description="replace an existing non-empty output folder")
 

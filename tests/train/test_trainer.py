@@ -133,3 +133,10 @@ def test_cli_preflight_refusal_exits_nonzero(tiny_model: Path, tiny_data: Path, 
     assert result.exit_code == 2
     assert "Attempting to unscale FP16 gradients" in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_tensorboard_events_outlive_staging(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    out = tmp_path / "tb-adapter"
+    train_adapter(tiny_data, out, tiny_config(tiny_model, max_steps=2, tensorboard=True), show_progress=False)
+    assert list((tmp_path / "tb-adapter.tensorboard").glob("events.out.tfevents.*"))
+    assert verify_artifact(out) == []  # events are not part of the artifact

@@ -3,10 +3,10 @@
 For an output `runs/my-adapter` the run works in `runs/my-adapter.partial/` (staging):
   checkpoints/       resumable checkpoints (see checkpoint.py)
   metrics.jsonl      appended while training
-  tensorboard/       with --tensorboard
   artifact/          the artifact assembled at the end, then renamed to `runs/my-adapter`
 The output folder therefore either does not exist or is complete; the staging folder is removed
-after a successful run and kept after an interrupted one, for `--resume`.
+after a successful run and kept after an interrupted one, for `--resume`. With --tensorboard, events
+go to `runs/my-adapter.tensorboard/`, next to the artifact, so they outlive the staging folder.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class RunPaths:
 
     @property
     def tensorboard(self) -> Path:
-        return self.staging / "tensorboard"
+        return self.out.parent / f"{self.out.name}.tensorboard"
 
     @property
     def assembled(self) -> Path:
