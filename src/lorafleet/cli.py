@@ -139,8 +139,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run for --out."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out (and discard its checkpoints)."),
 ) -> None:
-    """Train a LoRA / QLoRA adapter on a prepared dataset and write a self-describing artifact."""
+    """Train a LoRA / QLoRA adapter on a prepared dataset and write a self-describing artifact.
+
+    Runs unchanged under `torchrun --nproc_per_node N` (data parallel; --batch-size is per process).
+    """
     options = dict(locals())  # every flag, before any other local name exists
+    import os
     from lorafleet.config import ConfigError, load_train_config
     from lorafleet.data.dataset import DatasetError
     from lorafleet.train.checkpoint import CheckpointError
@@ -157,8 +161,8 @@ def train(
         manifest = train_adapter(data, out, config)
     except (ConfigError, PreflightError, OutputError, DatasetError, ModelError, CheckpointError) as exc:
         fail(str(exc))
-    if manifest is None:
-        return
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     m = manifest.metrics
     console.print(
         f"[bold green]trained[/] {out}: {m.steps} steps, train loss {m.train_loss:.4f}, "

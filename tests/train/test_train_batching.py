@@ -61,3 +61,11 @@ def test_collate_packed_restarts_positions_and_never_trains_across_samples():
 
 def test_trained_tokens_excludes_the_first_position():
     assert Sample([1, 2, 3], [1, 2, IGNORE_INDEX]).trained_tokens == 1
+
+
+def test_split_step_balances_micro_batches_and_never_leaves_a_rank_empty():
+    from lorafleet.train.batching import split_step
+
+    assert split_step(list(range(8)), grad_accum=2, world_size=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert split_step(list(range(5)), grad_accum=2, world_size=2) == [[0, 1], [2, 3, 4]]
+    assert split_step(list(range(3)), grad_accum=2, world_size=2) == [[0, 1, 2]]  # 2 micro-batches would starve a rank

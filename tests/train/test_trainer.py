@@ -140,3 +140,14 @@ def test_tensorboard_events_outlive_staging(tiny_model: Path, tiny_data: Path, t
     train_adapter(tiny_data, out, tiny_config(tiny_model, max_steps=2, tensorboard=True), show_progress=False)
     assert list((tmp_path / "tb-adapter.tensorboard").glob("events.out.tfevents.*"))
     assert verify_artifact(out) == []  # events are not part of the artifact
+
+
+def test_grad_accum_matches_a_larger_batch(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    # the step loss is the mean over all trained tokens of the step, however it is split into micro-batches
+    common = dict(epochs=1, lora_dropout=0.0, length_group_window=1)
+    train_adapter(tiny_data, tmp_path / "big", tiny_config(tiny_model, batch_size=4, **common), show_progress=False)
+    train_adapter(tiny_data, tmp_path / "acc", tiny_config(tiny_model, batch_size=2, grad_accum=2, **common), show_progress=False)
+    big, acc = read_metrics(tmp_path / "big"), read_metrics(tmp_path / "acc")
+    assert len(big) == len(acc) == 5  # 4 steps + the final eval
+    for a, b in zip(big, acc):
+        assert b.get("loss", b.get("eval_loss")) == pytest.approx(a.get("loss", a.get("eval_loss")), rel=1e-5)

@@ -37,6 +37,9 @@ def load_samples(folder: Path, split: str) -> list[Sample]:
 def epoch_batches(lengths: list[int], batch_size: int, world_size: int, seed: int, epoch: int, window: int) -> list[list[int]]:
     """Global batches of sample indices for one epoch (each up to batch_size * world_size samples).
 
+    The trainer passes batch_size * grad_accum as `batch_size`: one global batch per optimizer step,
+    so gradient accumulation and more processes see exactly the samples a larger batch would.
+
     Shuffle with (seed, epoch), sort by length inside windows of `window` global batches so that
     padding stays small, then shuffle the batch order so long batches are not always first.
     A trailing batch smaller than `world_size` is dropped so that every process gets a sample.
@@ -51,6 +54,17 @@ def epoch_batches(lengths: list[int], batch_size: int, world_size: int, seed: in
         batches += [chunk[i : i + global_size] for i in range(0, len(chunk), global_size)]
     batches = [b for b in batches if len(b) >= world_size]
     return [batches[i] for i in rng.permutation(len(batches)).tolist()]
+
+
+def split_step(step_batch: list[int], grad_accum: int, world_size: int) -> list[list[int]]:
+    """Split one optimizer step's samples into up to `grad_accum` micro-batches (global, before sharding).
+
+    Sizes are balanced and each micro-batch keeps at least `world_size` samples, so every process
+    runs the same number of micro-batches and none is empty.
+    """
+    parts = max(1, min(grad_accum, len(step_batch) // world_size))
+    bounds = np.linspace(0, len(step_batch), parts + 1).round().astype(int)
+    return [step_batch[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 def rank_shard(global_batch: list[int], rank: int, world_size: int) -> list[int]:

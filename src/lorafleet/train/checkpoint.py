@@ -32,7 +32,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # completed epochs
-    batch_in_epoch: int = 0  # global batches of the current epoch already consumed
+    batch_in_epoch: int = 0  # optimizer steps (global batches) of the current epoch already taken
     tokens_seen: int = 0  # non-padding input tokens, all processes
     train_loss: float | None = None  # loss of the last optimizer step
     eval_loss: float | None = None  # last eval loss

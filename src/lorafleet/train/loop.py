@@ -9,7 +9,6 @@ the world size to turn that average back into the sum).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ import torch.nn.functional as F
 
 from lorafleet.config import TrainConfig
 from lorafleet.data.dataset import IGNORE_INDEX
-from lorafleet.train.batching import Sample, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard
+from lorafleet.train.batching import (
+    Sample, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard, split_step,
+)
 from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
 from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
 from lorafleet.train.progress import RunLogger
@@ -52,11 +53,11 @@ class Run:
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(s.input_ids) for s in self.train]
         c = self.config
-        return epoch_batches(lengths, c.batch_size, self.dist.world_size, c.seed, epoch, c.length_group_window)
+        return epoch_batches(lengths, c.batch_size * c.grad_accum, self.dist.world_size, c.seed, epoch, c.length_group_window)
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.batches(0)) / self.config.grad_accum)
+        return len(self.batches(0))
 
     @property
     def total_steps(self) -> int:
@@ -185,16 +186,16 @@ def fit(run: Run, on_step: StepHook | None = None) -> TrainState:
     run.logger.start(total_steps, state.step)
     last_eval_step = -1
     while state.step < total_steps and not state.stopped_early:
-        batches = run.batches(state.epoch)
-        steps = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
-        consumed = state.batch_in_epoch // config.grad_accum
-        for step_batches in steps[consumed:]:
+        steps = run.batches(state.epoch)  # one global batch per optimizer step
+        if not steps:
+            raise ValueError(f"the train split ({len(run.train)} samples) is too small for {run.dist.world_size} processes")
+        for step_batch in steps[state.batch_in_epoch :]:
             started = time.perf_counter()
-            micro = [rank_shard(b, run.dist.rank, run.dist.world_size) for b in step_batches]
+            micro = [rank_shard(b, run.dist.rank, run.dist.world_size) for b in split_step(step_batch, config.grad_accum, run.dist.world_size)]
             loss, tokens, grad_norm = train_step(run, micro)
             elapsed = time.perf_counter() - started
             state.step += 1
-            state.batch_in_epoch += len(step_batches)
+            state.batch_in_epoch += 1
             state.tokens_seen += tokens
             state.train_loss = loss
             state.wall_time_s += elapsed
@@ -205,7 +206,7 @@ def fit(run: Run, on_step: StepHook | None = None) -> TrainState:
                 last_eval_step = state.step
                 patience = config.early_stopping_patience
                 state.stopped_early = patience is not None and state.evals_without_improvement >= patience
-            epoch_done = state.batch_in_epoch >= len(batches)
+            epoch_done = state.batch_in_epoch >= len(steps)
             if epoch_done:
                 state.epoch += 1
                 state.batch_in_epoch = 0

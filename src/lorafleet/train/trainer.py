@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from lorafleet.config import TrainConfig
 from lorafleet.data.dataset import dataset_sha256, load_report
@@ -44,6 +45,9 @@ def train_adapter(
     ref = resolve_model(config.model)
     model_info = ModelInfo.read(ref.path)
     checked = preflight(config, report, model_info, DeviceInfo.detect())
+    if dist.is_main:
+        for warning in checked.warnings:
+            Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
     paths = RunPaths(out_dir)
     check_output(paths, config.resume, config.force)
     barrier(dist)
