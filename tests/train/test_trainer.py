@@ -144,7 +144,7 @@ def test_tensorboard_events_outlive_staging(tiny_model: Path, tiny_data: Path, t
 
 def test_grad_accum_matches_a_larger_batch(tiny_model: Path, tiny_data: Path, tmp_path: Path):
     # the step loss is the mean over all trained tokens of the step, however it is split into micro-batches
-    common = dict(epochs=1, lora_dropout=0.0, length_group_window=1)
+    common = dict(epochs=1, lora_dropout=0.0, length_group_window=1, precision="fp32")  # bf16 rounding differs by split
     train_adapter(tiny_data, tmp_path / "big", tiny_config(tiny_model, batch_size=4, **common), show_progress=False)
     train_adapter(tiny_data, tmp_path / "acc", tiny_config(tiny_model, batch_size=2, grad_accum=2, **common), show_progress=False)
     big, acc = read_metrics(tmp_path / "big"), read_metrics(tmp_path / "acc")

@@ -26,7 +26,7 @@ def test_qlora_base_is_nf4_on_one_device_with_checkpointing(tiny_model: Path):
     device = torch.device("cuda", torch.cuda.current_device())
     model = load_base_model(config, tiny_model, "bf16", device)
     assert model.is_gradient_checkpointing
-    assert set(model.hf_device_map.values()) == {device.index}  # explicit placement, never "auto"
+    assert {p.device for p in model.parameters()} == {device}  # explicit placement, never "auto"
     linear = model.model.layers[0].self_attn.q_proj
     assert type(linear).__name__ == "Linear4bit" and linear.weight.quant_type == "nf4"
     peft_model = attach_adapter(model, config)
