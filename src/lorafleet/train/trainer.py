@@ -114,6 +114,8 @@ def load_base_model(config: TrainConfig, path: Path, precision: str, device: tor
     """
     from transformers import AutoModelForCausalLM
 
+    # Packing relies on flash-attention reading sample boundaries from position_ids (preflight checked it is installed).
+    attention = {"attn_implementation": "flash_attention_2"} if config.packing else {}
     if config.quantization == "nf4":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -121,10 +123,12 @@ def load_base_model(config: TrainConfig, path: Path, precision: str, device: tor
         quant = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
         )
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16, device_map={"": device.index})
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=torch.bfloat16, device_map={"": device.index}, **attention
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[precision]).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[precision], **attention).to(device)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         # prepare_model_for_kbit_training alone has left the flag off with transformers 5.x.
