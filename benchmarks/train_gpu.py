@@ -160,32 +160,18 @@ def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) ->
     return losses, time.perf_counter() - start if start is not None else float("nan")
 
 
-def fast_plan(peft, batch: int, seq: int, budget: int | None) -> tuple[int, int | None]:
-    """(micro-batch, activation budget): the largest micro-batch that fits ``budget`` (bytes) with at most
-    attention recomputed (a larger micro-batch was worth more than skipping the attention recompute in
-    the first measurement), else 1; apply_speedups then picks the checkpointing."""
-    if budget is None:
-        return batch, None
-    cfg = peft.config if hasattr(peft.config, "hidden_size") else peft.get_base_model().config
-    kv_dim = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
-    per_token = S.saved_bytes_per_token(cfg.hidden_size, cfg.intermediate_size, kv_dim, cfg.num_hidden_layers, "attention")
-    return S.choose_micro_batch(batch, seq, per_token, budget), budget
-
-
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_total: int | None = None,
             checkpointing: str = "auto", micro: int | None = None) -> tuple[dict, nn.Module]:
     peft, params, opt = setup_row(model, quantized, fast)
     batch, seq = data[0][0].shape
     applied = None
     if fast:
-        budget = None
-        if budget_total is not None:
-            torch.cuda.synchronize()
-            reserve = 4 * sum(p.numel() for p in params) + (1 << 29)  # fp32 grads + transients
-            budget = budget_total - torch.cuda.memory_allocated() - reserve
-        planned, budget = fast_plan(peft, batch, seq, budget)
-        micro = micro or planned
-        applied = S.apply_speedups(peft, S.SpeedupSettings(checkpointing=checkpointing), micro * seq, budget)
+        # The plan: the largest micro-batch whose estimated peak (weights after the dtype change +
+        # trainable state + activations + 512 MiB margin) stays within (a)'s measured peak.
+        torch.cuda.synchronize()
+        settings = S.SpeedupSettings(checkpointing=checkpointing, micro_batch=micro)
+        applied = S.apply_speedups(peft, settings, seq, rows=batch, memory_budget_bytes=budget_total)
+        micro = applied.micro_batch
     micro = micro or batch
     gc.collect()
     torch.cuda.synchronize()
@@ -208,7 +194,7 @@ def fits(model, quantized: bool, fast: bool, seq: int) -> tuple[bool, float, flo
     """Does one batch-1 training step at ``seq`` fit? Returns (fits, seconds, peak GB)."""
     peft, params, opt = setup_row(model, quantized, fast)
     if fast:
-        S.apply_speedups(peft, S.SpeedupSettings(), seq)
+        S.apply_speedups(peft, S.SpeedupSettings(), seq, rows=1)
     data = make_data(1, 1, seq, 128256)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

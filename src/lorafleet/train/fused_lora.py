@@ -5,11 +5,15 @@ copy of every input and, under full gradient checkpointing, redoes all of it (de
 each time). These functions compute the same function with:
 
 * the LoRA update accumulated into the base output by one ``addmm_`` (no clone, no extra add);
-* the dropout mask regenerated from a seed in backward instead of storing a dropped copy;
+* the dropout mask regenerated from a seed in backward instead of storing a dropped copy, and its
+  1 / (1 - p) rescale applied to the small LoRA tensors (``keep_mask``);
 * only the tensors backward truly needs saved: the layer input and the (tokens, r) LoRA activations,
   plus, for the MLP, the gate and up projections (the SiLU product is recomputed, it is elementwise);
 * frozen base weights: no weight gradient, and an NF4 weight dequantized once in forward and once in
-  backward.
+  backward; inside a recomputed region (``keep_dense_weights``) the weight dequantized by the
+  recomputation is saved for backward instead of being dequantized a third time (it lives from the
+  recomputation until that layer's backward is done, never across layers);
+* RMSNorm and the SiLU·mul forward/backward as single Triton kernels on CUDA (``kernels.py``).
 
 Gradients flow to ``lora_A`` / ``lora_B`` (any dtype; returned in the parameter's dtype). The math is
 PEFT's vanilla LoRA (no DoRA); rounding differs only where one fused matmul replaces two bf16 steps.
@@ -17,9 +21,33 @@ PEFT's vanilla LoRA (no DoRA); rounding differs only where one fused matmul repl
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
+
+from lorafleet.train.kernels import rms_norm, rms_norm_grad, silu_mul, silu_mul_grad
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def keep_dense_weights():
+    """Within this block the fused functions save their dense (dequantized) base weights for backward.
+    Only for regions that are recomputed in backward (activation checkpointing, host offload): there
+    the first forward's saved tensors are dropped and the recomputation's feed backward directly, so
+    backward skips one dequantization per weight. The flag is per thread (backward may run on another)."""
+    previous = getattr(_LOCAL, "keep_dense", False)
+    _LOCAL.keep_dense = True
+    try:
+        yield
+    finally:
+        _LOCAL.keep_dense = previous
+
+
+def _keeping_dense() -> bool:
+    return getattr(_LOCAL, "keep_dense", False)
 
 
 def dense_weight(base: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -44,20 +72,23 @@ def new_seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
-def _keep_scale(x: Tensor, p: float, seed: int) -> Tensor:
-    """Dropout's keep mask already divided by (1 - p), same shape and dtype as x, regenerated exactly
-    from ``seed``."""
+def keep_mask(x: Tensor, p: float, seed: int) -> Tensor:
+    """Dropout's 0/1 keep mask (same shape and dtype as x), regenerated exactly from ``seed``. The
+    1 / (1 - p) rescale is applied to the small (tokens, r) and (r, in) tensors instead of to x-sized
+    ones: x * mask is exact (each element is x or 0), so this is dropout with one pass fewer."""
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
-    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
-    return keep.mul_(1.0 / (1.0 - p))
+    return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
 
 
 def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: int,
                   bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """y = x @ w.T + scale * (dropout(x) @ a.T) @ b.T (+ bias); returns (y, low) with low (tokens, r)."""
-    dropped = x * _keep_scale(x, p, seed) if p > 0 else x
-    low = dropped @ a.t()  # (tokens, r)
+    if p > 0:
+        low = (x * keep_mask(x, p, seed)) @ a.t()  # (tokens, r)
+        low.mul_(1.0 / (1.0 - p))
+    else:
+        low = x @ a.t()
     y = x @ w.t()  # (tokens, out)
     y.addmm_(low, b.t(), alpha=scale)
     if bias is not None:
@@ -68,10 +99,15 @@ def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: f
 def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float,
                    p: float, seed: int, need_dx: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """Gradients of ``_lora_forward`` for x (if need_dx), a and b; the base weight gets none."""
-    d_low = (dy @ b) * scale  # (tokens, r)
     grad_b = (dy.t() @ low) * scale  # (out, r)
-    keep = _keep_scale(x, p, seed) if p > 0 else None
-    grad_a = d_low.t() @ (x * keep if keep is not None else x)  # (r, in)
+    if p > 0:
+        d_low = (dy @ b) * (scale / (1.0 - p))  # (tokens, r), the dropout rescale folded in
+        keep = keep_mask(x, p, seed)
+        grad_a = d_low.t() @ (x * keep)  # (r, in)
+    else:
+        d_low = (dy @ b) * scale
+        keep = None
+        grad_a = d_low.t() @ x
     dx = None
     if need_dx:
         dx = dy @ w  # (tokens, in)
@@ -93,17 +129,19 @@ class LoraLinearFunction(torch.autograd.Function):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (tokens, in)
             w = dense_weight(base, dtype)
             y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias)
-        ctx.save_for_backward(x, low, lora_a, lora_b)
+        ctx.save_for_backward(x, low, lora_a, lora_b, *((w,) if _keeping_dense() else ()))
         ctx.base, ctx.scale, ctx.p, ctx.seed, ctx.dtype = base, scale, p, seed, dtype
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        x, low, lora_a, lora_b = ctx.saved_tensors
+        x, low, lora_a, lora_b, *kept = ctx.saved_tensors
         dtype = ctx.dtype
         flat = x.reshape(-1, x.shape[-1]).to(dtype)
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-        w = dense_weight(ctx.base, dtype) if ctx.needs_input_grad[0] else None
+        w = None
+        if ctx.needs_input_grad[0]:
+            w = kept[0] if kept else dense_weight(ctx.base, dtype)
         dx, grad_a, grad_b = _lora_backward(dy2, flat, low, w, lora_a.to(dtype), lora_b.to(dtype), ctx.scale,
                                             ctx.p, ctx.seed, ctx.needs_input_grad[0])
         if dx is not None:
@@ -111,34 +149,22 @@ class LoraLinearFunction(torch.autograd.Function):
         return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None
 
 
-def rms_normalize(h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Llama RMSNorm as transformers computes it (fp32 statistics, output in h's dtype times weight).
-    Returns (normed (tokens, hidden), rstd (tokens, 1) fp32)."""
-    hf = h.float()
-    rstd = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.to(h.dtype) * (hf * rstd).to(h.dtype), rstd
-
-
-def rms_norm_backward(dx: Tensor, h: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
-    """Input gradient of ``rms_normalize`` (weight frozen), computed in fp32."""
-    n = h.float() * rstd
-    dn = dx.float() * weight.float()
-    return (rstd * (dn - n * (dn * n).mean(-1, keepdim=True))).to(h.dtype)
-
-
 class RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a frozen weight that saves only its bf16 input and (tokens, 1) rstd."""
+    """RMSNorm with a frozen weight that saves only its bf16 input and the (tokens,) rstd."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, eps: float):
-        out, rstd = rms_normalize(h, weight, eps)
-        ctx.save_for_backward(h, rstd, weight)
+    def forward(ctx, h: Tensor, weight: Tensor, eps: float, triton: bool = False):
+        h = h.contiguous()
+        out, state = rms_norm(h, weight, eps, triton)
+        ctx.save_for_backward(h, state[1], weight)
+        ctx.state = state[:1] + (None,) + state[2:]  # rstd goes through saved_tensors (checkpoint-safe)
         return out
 
     @staticmethod
     def backward(ctx, dx: Tensor):
         h, rstd, weight = ctx.saved_tensors
-        return rms_norm_backward(dx, h, rstd, weight), None, None
+        state = ctx.state[:1] + (rstd,) + ctx.state[2:]
+        return rms_norm_grad(dx, h, weight, state), None, None, None
 
 
 class NormLoraMLPFunction(torch.autograd.Function):
@@ -146,59 +172,64 @@ class NormLoraMLPFunction(torch.autograd.Function):
 
     Saves the block input h (tokens, hidden), rstd, gate and up outputs (tokens, inter) and the three
     (tokens, r) LoRA activations; recomputes the norm, dropout masks and silu(gate) * up in backward.
+    ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, norm_weight: Tensor, eps: float, bases: tuple[nn.Module, ...],
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
-                ad: Tensor, bd: Tensor):
+                ad: Tensor, bd: Tensor, triton: bool = False):
         dtype = compute_dtype(h)
         seeds = (new_seed(), new_seed(), new_seed())
+        h = h.contiguous()
+        keep = _keeping_dense()
+        kept: list[Tensor] = []
+
+        def weight(i: int) -> Tensor:  # dequantized at use; held past it only inside a recomputed region
+            w = dense_weight(bases[i], dtype)
+            if keep:
+                kept.append(w)
+            return w
+
         with torch.autocast(h.device.type, enabled=False):
-            y, low_g, low_u, low_d, gate, up, rstd = NormLoraMLPFunction._forward(
-                h, norm_weight, eps, bases, scales, p, seeds, dtype, ag, bg, au, bu, ad, bd)
-        ctx.save_for_backward(h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd)
+            flat = h.reshape(-1, h.shape[-1])
+            x, state = rms_norm(flat, norm_weight, eps, triton)  # (tokens, hidden)
+            x = x.to(dtype)
+            gate, low_g = _lora_forward(x, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p, seeds[0], bases[0].bias)
+            up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias)
+            del x
+            act = silu_mul(gate, up, triton)  # (tokens, inter)
+            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias)
+        ctx.save_for_backward(h, state[1], norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
+        ctx.state = state[:1] + (None,) + state[2:]
         ctx.bases, ctx.scales, ctx.p, ctx.seeds, ctx.eps, ctx.dtype = bases, scales, p, seeds, eps, dtype
+        ctx.triton = triton
         return y.reshape(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
-    def _forward(h, norm_weight, eps, bases, scales, p, seeds, dtype, ag, bg, au, bu, ad, bd):
-        flat = h.reshape(-1, h.shape[-1])
-        x, rstd = rms_normalize(flat, norm_weight, eps)  # (tokens, hidden)
-        x = x.to(dtype)
-        gate, low_g = _lora_forward(x, dense_weight(bases[0], dtype), ag.to(dtype), bg.to(dtype), scales[0], p,
-                                    seeds[0], bases[0].bias)
-        up, low_u = _lora_forward(x, dense_weight(bases[1], dtype), au.to(dtype), bu.to(dtype), scales[1], p,
-                                  seeds[1], bases[1].bias)
-        del x
-        act = F.silu(gate) * up  # (tokens, inter)
-        y, low_d = _lora_forward(act, dense_weight(bases[2], dtype), ad.to(dtype), bd.to(dtype), scales[2], p,
-                                 seeds[2], bases[2].bias)
-        return y, low_g, low_u, low_d, gate, up, rstd
-
-    @staticmethod
     def backward(ctx, dy: Tensor):
-        h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd = ctx.saved_tensors
-        dtype, p, seeds, scales, bases = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases
+        h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept = ctx.saved_tensors
+        dtype, p, seeds, scales, bases, triton = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases, ctx.triton
+        state = ctx.state[:1] + (rstd,) + ctx.state[2:]
+        dense = kept or [None, None, None]
+        weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype)  # noqa: E731
         flat = h.reshape(-1, h.shape[-1])
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-        gate_f = gate.float()
-        sig = torch.sigmoid(gate_f)
-        silu = (gate_f * sig).to(dtype)
-        act = silu * up
-        d_act, grad_ad, grad_bd = _lora_backward(dy2, act, low_d, dense_weight(bases[2], dtype), ad.to(dtype),
-                                                 bd.to(dtype), scales[2], p, seeds[2], True)
+        act = silu_mul(gate, up, triton)
+        d_act, grad_ad, grad_bd = _lora_backward(dy2, act, low_d, weight(2), ad.to(dtype), bd.to(dtype), scales[2],
+                                                 p, seeds[2], True)
         del act
-        d_up = (d_act * silu).to(dtype)
-        d_gate = (d_act.float() * up.float() * sig * (1 + gate_f * (1 - sig))).to(dtype)
-        del d_act, sig, gate_f, silu
-        x = rms_normalize(flat, norm_weight, ctx.eps)[0].to(dtype)
-        dx, grad_ag, grad_bg = _lora_backward(d_gate, x, low_g, dense_weight(bases[0], dtype), ag.to(dtype),
-                                              bg.to(dtype), scales[0], p, seeds[0], True)
-        dx_up, grad_au, grad_bu = _lora_backward(d_up, x, low_u, dense_weight(bases[1], dtype), au.to(dtype),
-                                                 bu.to(dtype), scales[1], p, seeds[1], True)
+        # The Triton path writes d_gate / d_up over gate / up (saved tensors, not needed after this).
+        d_gate, d_up = silu_mul_grad(gate, up, d_act, triton)
+        del d_act
+        x = rms_norm(flat, norm_weight, ctx.eps, triton)[0].to(dtype)
+        dx, grad_ag, grad_bg = _lora_backward(d_gate, x, low_g, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p,
+                                              seeds[0], True)
+        dx_up, grad_au, grad_bu = _lora_backward(d_up, x, low_u, weight(1), au.to(dtype), bu.to(dtype), scales[1], p,
+                                                 seeds[1], True)
         dx += dx_up
-        dh = rms_norm_backward(dx, flat, rstd, norm_weight).reshape(h.shape).to(h.dtype)
+        del dx_up, x, d_gate, d_up
+        dh = rms_norm_grad(dx.to(h.dtype), flat, norm_weight, state, overwrite_dx=True).reshape(h.shape)
         grads = [g.to(t.dtype) for g, t in ((grad_ag, ag), (grad_bg, bg), (grad_au, au), (grad_bu, bu),
                                             (grad_ad, ad), (grad_bd, bd))]
-        return (dh, None, None, None, None, None, *grads)
+        return (dh, None, None, None, None, None, *grads, None)

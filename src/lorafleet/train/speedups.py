@@ -6,13 +6,21 @@ order) and can be switched off through :class:`SpeedupSettings`:
 * ``fused_lora``: every eligible LoRA linear runs as one fused autograd function (``fused_lora.py``);
 * ``fused_mlp``: the post-attention RMSNorm and the whole SwiGLU MLP run as one function that saves
   only its input, gate and up outputs (the seed stack saves or recomputes far more);
-* ``checkpointing``: ``"auto"`` keeps all activations when they fit in the memory budget, else
-  recomputes only attention, else recomputes whole layers from inputs kept in pinned host memory
-  (``"offload"``, what makes very long contexts train); ``"hf"`` leaves transformers' own choice;
+* ``fused_elementwise``: RMSNorm and SiLU·mul (forward and backward) as single Triton kernels
+  (Liger's; checked against torch once per device, off with a note when missing or different);
+* ``checkpointing`` and ``micro_batch``: ``plan.py`` picks the largest micro-batch (rows per forward
+  pass) that fits the memory budget, then the least recompute for it: none, attention only, or
+  whole layers recomputed from inputs kept in pinned host memory (``"offload"``, what makes very
+  long contexts train); ``"hf"`` leaves transformers' own choice. Recomputed regions keep the weights
+  their recomputation dequantized for that layer's backward (one NF4 dequantization fewer per weight);
 * ``fused_cross_entropy``: Liger's fused linear cross-entropy computes the loss from hidden states in
   chunks, never building the (tokens, vocab) logits (needs liger-kernel; falls back when missing);
 * ``frozen_bf16``: frozen embeddings, norms and head that ``prepare_model_for_kbit_training`` upcast
-  to fp32 go back to bf16 (the values were bf16; the residual stream is then carried in bf16).
+  to fp32 go back to bf16. The weight values were bf16, so they do not change, but the embedding
+  output and with it the residual stream are then carried in bf16 instead of fp32: each residual add
+  rounds to bf16, as in plain bf16 LoRA training. Not exact against the QLoRA seed stack, so
+  ``lorafleet train`` leaves it off unless asked; it saves 2 bytes per embedding/head weight and
+  half the residual activations.
 
 On a model without CUDA parameters ``apply_speedups`` changes nothing and says so.
 """
@@ -21,27 +29,30 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lorafleet.train.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction
+from lorafleet.train.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction, keep_dense_weights
+from lorafleet.train.kernels import triton_problem
 from lorafleet.train.offload import OffloadedLayerFunction
-
-Checkpointing = Literal["auto", "none", "attention", "offload", "hf"]
+from lorafleet.train.plan import (
+    MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Checkpointing, ModelDims, plan_micro_batch,
+)
 
 
 @dataclass(frozen=True)
 class SpeedupSettings:
-    """Switches for the CUDA training speed-ups (all on by default)."""
+    """Switches for the CUDA training speed-ups (all on by default; ``micro_batch`` None = planned)."""
 
     fused_lora: bool = True
     fused_mlp: bool = True
+    fused_elementwise: bool = True
     fused_cross_entropy: bool = True
     frozen_bf16: bool = True
     checkpointing: Checkpointing = "auto"
+    micro_batch: int | None = None
 
 
 @dataclass
@@ -51,35 +62,11 @@ class AppliedSpeedups:
     fused_lora_layers: int = 0
     fused_mlps: int = 0
     checkpointing: str = "hf"
+    micro_batch: int = 1
+    fused_elementwise: bool = False
     fused_cross_entropy: bool = False
+    frozen_bf16: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-def saved_bytes_per_token(hidden: int, intermediate: int, kv_dim: int, layers: int, mode: str) -> int:
-    """Estimated activation bytes kept per token (bf16) until backward, for a fused Llama-family layer
-    stack; ``mode`` is a checkpointing choice. Pure, so the plan is testable."""
-    mlp = 2 * hidden + 2 * intermediate  # block input, its normed copy in flight, gate, up
-    attention = 2 * hidden + 3 * hidden + 3 * kv_dim + 2 * hidden  # input, normed, q/rope/out, k, v
-    per_layer = {"none": mlp + attention, "attention": mlp + hidden, "offload": 0}.get(mode, mlp + attention)
-    return 2 * layers * per_layer
-
-
-def choose_checkpointing(tokens: int, hidden: int, intermediate: int, kv_dim: int, layers: int,
-                         budget_bytes: int) -> Checkpointing:
-    """The cheapest checkpointing whose kept activations for ``tokens`` fit ``budget_bytes``
-    (none, then attention-only recompute, else whole-layer recompute with inputs in host memory)."""
-    for mode in ("none", "attention"):
-        if tokens * saved_bytes_per_token(hidden, intermediate, kv_dim, layers, mode) <= budget_bytes:
-            return mode
-    return "offload"
-
-
-def choose_micro_batch(batch_size: int, seq_len: int, per_token_bytes: int, budget_bytes: int) -> int:
-    """The largest divisor of ``batch_size`` whose activations fit ``budget_bytes`` (at least 1)."""
-    for micro in range(batch_size, 0, -1):
-        if batch_size % micro == 0 and micro * seq_len * per_token_bytes <= budget_bytes:
-            return micro
-    return 1
 
 
 def _lora_parts(module: nn.Module) -> tuple[Tensor, Tensor, float, float] | None:
@@ -114,14 +101,25 @@ def _fused_mlp(mlp: nn.Module, norm: nn.Module, h: Tensor) -> Tensor | None:
     bases = tuple(getattr(mlp, n).get_base_layer() for n in ("gate_proj", "up_proj", "down_proj"))
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
     tensors = [t for part in parts for t in part[:2]]
-    return NormLoraMLPFunction.apply(h, norm.weight, eps, bases, tuple(part[2] for part in parts), p, *tensors)
+    return NormLoraMLPFunction.apply(h, norm.weight, eps, bases, tuple(part[2] for part in parts), p, *tensors,
+                                     mlp._lorafleet_triton)
 
 
 def _attention_block(layer: nn.Module, hidden_states: Tensor, **kwargs) -> Tensor:
     norm = layer.input_layernorm
-    normed = RMSNormFunction.apply(hidden_states, norm.weight, getattr(norm, "variance_epsilon", 1e-6))
+    normed = RMSNormFunction.apply(hidden_states, norm.weight, getattr(norm, "variance_epsilon", 1e-6),
+                                   layer._lorafleet_triton)
     out, _ = layer.self_attn(hidden_states=normed, **kwargs)
     return out
+
+
+def _recomputed(fn):
+    """``fn`` run with dense weights kept for backward (it is checkpointed: its first run's saved
+    tensors are dropped, the recomputation's feed that layer's backward and are freed with it)."""
+    def run(*args):
+        with keep_dense_weights():
+            return fn(*args)
+    return run
 
 
 def _mlp_block(layer: nn.Module, hidden_states: Tensor, fused: bool) -> Tensor:
@@ -135,7 +133,7 @@ def _layer_body(layer: nn.Module, fused_mlp: bool, attention_recompute: bool, hi
                 **kwargs) -> Tensor:
     attend = functools.partial(_attention_block, layer, **kwargs)
     if attention_recompute and torch.is_grad_enabled():
-        attn = checkpoint(attend, hidden_states, use_reentrant=False)
+        attn = checkpoint(_recomputed(attend), hidden_states, use_reentrant=False)
     else:
         attn = attend(hidden_states)
     hidden_states = hidden_states + attn
@@ -148,7 +146,7 @@ def _layer_forward(layer: nn.Module, hidden_states: Tensor, *args, **kwargs) -> 
     kwargs["use_cache"] = False
     kwargs["past_key_values"] = None
     if mode == "offload" and layer.training and torch.is_grad_enabled():
-        body = functools.partial(_layer_body, layer, fused_mlp, False, **kwargs)
+        body = _recomputed(functools.partial(_layer_body, layer, fused_mlp, False, **kwargs))
         return OffloadedLayerFunction.apply(body, hidden_states, torch.empty(0, requires_grad=True))
     return _layer_body(layer, fused_mlp, mode == "attention" and layer.training, hidden_states, **kwargs)
 
@@ -159,46 +157,79 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(getattr(decoder, "layers", []))
 
 
-def apply_speedups(model: nn.Module, settings: SpeedupSettings, tokens_per_micro_batch: int,
+def fuse_lora_linears(model: nn.Module) -> int:
+    """Route every eligible PEFT LoRA linear through ``LoraLinearFunction`` (any device); returns how many."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A") and _lora_parts(module) is not None:
+            module.forward = functools.partial(_fused_lora_forward, module)
+            count += 1
+    return count
+
+
+def fuse_layers(model: nn.Module, mode: Checkpointing, fused_mlp: bool = True, triton: bool = False) -> int:
+    """Replace each decoder layer's forward (any device; offload needs CUDA): fused norm + MLP when
+    ``fused_mlp``, checkpointing ``mode``; returns the number of layers."""
+    layers = _decoder_layers(model)
+    for layer in layers:
+        if not hasattr(layer, "_lorafleet_saved_gc"):
+            layer._lorafleet_saved_gc = getattr(layer, "gradient_checkpointing", False)
+        layer.gradient_checkpointing = False
+        layer._lorafleet_mode = mode
+        layer._lorafleet_fused_mlp = fused_mlp
+        layer._lorafleet_triton = triton
+        layer.mlp._lorafleet_triton = triton
+        layer.forward = functools.partial(_layer_forward, layer)
+    return len(layers)
+
+
+def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int, rows: int = 1,
                    memory_budget_bytes: int | None = None) -> AppliedSpeedups:
     """Turn on the speed-ups in place on a PEFT-wrapped causal LM; undo with ``remove_speedups``.
 
-    ``memory_budget_bytes`` is what activations may take (default: free CUDA memory less 10%); the
-    checkpointing choice depends on it and on ``tokens_per_micro_batch``. CPU models are left alone.
+    Batches are ``rows`` rows of at most ``row_tokens`` tokens. ``memory_budget_bytes`` is the peak
+    the whole training may reach on the device (default: what is allocated now plus 90% of what is
+    free); the plan subtracts the weights as they are after the dtype change, 12 bytes per trainable
+    parameter and a 512 MiB margin, and gives the rest to activations. The chosen micro-batch (rows
+    per forward pass, a divisor of ``rows``) is returned; the caller splits its batches accordingly.
+    Models without CUDA parameters are left alone.
     """
-    applied = AppliedSpeedups()
+    applied = AppliedSpeedups(micro_batch=rows)
     params = list(model.parameters())
     if not params or params[0].device.type != "cuda":
         applied.notes.append("not on CUDA: speed-ups off")
         return applied
+    device = params[0].device
     if settings.frozen_bf16:
         for param in model.parameters():
             if not param.requires_grad and param.dtype == torch.float32:
                 param.data = param.data.to(torch.bfloat16)
+                applied.frozen_bf16 = True
+    triton = False
+    if settings.fused_elementwise:
+        problem = triton_problem(device)
+        triton = problem is None
+        if problem:
+            applied.notes.append(problem)
+    applied.fused_elementwise = triton
     if settings.fused_lora:
-        for module in model.modules():
-            if hasattr(module, "lora_A") and _lora_parts(module) is not None:
-                module.forward = functools.partial(_fused_lora_forward, module)
-                applied.fused_lora_layers += 1
+        applied.fused_lora_layers = fuse_lora_linears(model)
     layers = _decoder_layers(model)
     if settings.checkpointing != "hf" and layers and hasattr(layers[0], "self_attn"):
-        mode = settings.checkpointing
-        if mode == "auto":
-            config = model.config
-            kv_dim = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-            if memory_budget_bytes is None:
-                free, _ = torch.cuda.mem_get_info(params[0].device)
-                memory_budget_bytes = int(free * 0.9)
-            mode = choose_checkpointing(tokens_per_micro_batch, config.hidden_size, config.intermediate_size,
-                                        kv_dim, len(layers), memory_budget_bytes)
-        for layer in layers:
-            layer._lorafleet_saved_gc = getattr(layer, "gradient_checkpointing", False)
-            layer.gradient_checkpointing = False
-            layer._lorafleet_mode = mode
-            layer._lorafleet_fused_mlp = settings.fused_mlp and settings.fused_lora
-            layer.forward = functools.partial(_layer_forward, layer)
-        applied.fused_mlps = len(layers) if settings.fused_mlp and settings.fused_lora else 0
-        applied.checkpointing = mode
+        if memory_budget_bytes is None:
+            free, _ = torch.cuda.mem_get_info(device)
+            memory_budget_bytes = torch.cuda.memory_allocated(device) + int(free * 0.9)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        fixed = torch.cuda.memory_allocated(device) + TRAINABLE_BYTES_PER_PARAM * trainable + MARGIN_BYTES
+        fused_mlp = settings.fused_mlp and settings.fused_lora
+        micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
+                                       memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
+                                       triton and fused_mlp)
+        fused_layers = fuse_layers(model, mode, fused_mlp, triton)
+        applied.fused_mlps = fused_layers if fused_mlp else 0
+        applied.checkpointing, applied.micro_batch = mode, micro
+    elif settings.micro_batch:
+        applied.micro_batch = settings.micro_batch
     applied.fused_cross_entropy = settings.fused_cross_entropy and _liger_loss() is not None
     model._lorafleet_speedups = applied
     return applied
@@ -211,8 +242,10 @@ def remove_speedups(model: nn.Module) -> None:
             del module.forward
         if hasattr(module, "_lorafleet_saved_gc"):
             module.gradient_checkpointing = module._lorafleet_saved_gc
-            for name in ("_lorafleet_saved_gc", "_lorafleet_mode", "_lorafleet_fused_mlp"):
+            for name in ("_lorafleet_saved_gc", "_lorafleet_mode", "_lorafleet_fused_mlp", "_lorafleet_triton"):
                 delattr(module, name)
+        if hasattr(module, "_lorafleet_triton"):
+            del module._lorafleet_triton
     if hasattr(model, "_lorafleet_speedups"):
         del model._lorafleet_speedups
 

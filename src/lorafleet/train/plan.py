@@ -1,0 +1,83 @@
+"""Memory plan for the CUDA speed-ups: how many rows per forward pass, and what to recompute.
+
+Pure functions of the model shape and a byte budget, so the plan is testable without a GPU. The
+per-token estimate counts what a fused Llama-family layer keeps until backward (bf16, 2 bytes per
+element), plus one layer's transient working set during its backward and the fused loss head. It was
+checked against peaks measured on the H200 for the Llama-3.1-8B shape (seq 2048, NF4, BENCHMARKS.md):
+attention-only recompute 2.57 MB/token measured vs 2.63 estimated (torch elementwise path); no
+recompute 3.51 measured vs 3.52 estimated.
+
+Preference: the largest micro-batch that fits (one long matmul beats two short ones by far more than
+the attention recompute costs: measured 1.36× vs 1.14-1.28× at half the micro-batch), then the least
+recompute at that micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Checkpointing = Literal["auto", "none", "attention", "offload", "hf"]
+MARGIN_BYTES = 512 * 2**20  # allocator rounding and small transients the estimate does not itemize
+TRAINABLE_BYTES_PER_PARAM = 12  # fp32 gradient + optimizer state (AdamW fp32: 8; paged 8-bit: 2)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shape numbers the estimate needs (a Llama-family decoder)."""
+
+    hidden: int
+    intermediate: int
+    kv_dim: int
+    layers: int
+
+    @classmethod
+    def from_config(cls, config) -> ModelDims:
+        kv_dim = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+        return cls(config.hidden_size, config.intermediate_size, kv_dim, config.num_hidden_layers)
+
+
+def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False) -> int:
+    """Peak activation bytes per token of a micro-batch under checkpointing ``mode``.
+
+    Kept per layer until backward (elements): ``none`` = layer input, normed input, rotated q, k, v,
+    attention output, mid residual, gate, up (5h + 2kv + 2i); ``attention`` = layer input, mid
+    residual, gate, up (2h + 2i); ``hf`` = layer input (h); ``offload`` = nothing on the GPU.
+    Transient: the recomputed part of one layer, the SwiGLU backward temporaries (16 bytes per
+    intermediate element in eager torch, 4 with the Triton kernels) and the loss head's hidden
+    state and its gradient (4h bytes).
+    """
+    h, i, kv = dims.hidden, dims.intermediate, dims.kv_dim
+    full_layer = 5 * h + 2 * kv + 2 * i
+    kept = {"none": full_layer, "attention": 2 * h + 2 * i, "hf": h, "offload": 0}[mode]
+    recomputed = {"none": 0, "attention": 3 * h + 2 * kv}.get(mode, full_layer)
+    mlp_temp = (4 if triton else 16) * i
+    return 2 * dims.layers * kept + 2 * recomputed + mlp_temp + 4 * h
+
+
+def choose_checkpointing(tokens: int, dims: ModelDims, budget_bytes: int, triton: bool = False) -> Checkpointing:
+    """The least recompute whose activations for ``tokens`` fit ``budget_bytes``: none, then
+    attention-only, else whole layers recomputed from inputs kept in host memory (offload)."""
+    for mode in ("none", "attention"):
+        if tokens * activation_bytes_per_token(dims, mode, triton) <= budget_bytes:
+            return mode
+    return "offload"
+
+
+def plan_micro_batch(rows: int, row_tokens: int, dims: ModelDims, activation_budget: int,
+                     checkpointing: Checkpointing = "auto", micro_batch: int | None = None,
+                     triton: bool = False) -> tuple[int, Checkpointing]:
+    """(rows per forward pass, checkpointing) for batches of ``rows`` rows of at most ``row_tokens``.
+
+    ``activation_budget`` is what activations may take (the caller has already subtracted weights,
+    trainable state and the margin). A fixed ``micro_batch`` or ``checkpointing`` is kept as given;
+    otherwise the largest divisor of ``rows`` that fits with at most attention recompute wins, then
+    the least recompute for it; when nothing fits, one row with host offload (the long-context mode).
+    """
+    candidates = [micro_batch] if micro_batch else [m for m in range(rows, 0, -1) if rows % m == 0]
+    modes = [checkpointing] if checkpointing != "auto" else ["none", "attention"]
+    for micro in candidates:
+        for mode in modes:
+            if micro * row_tokens * activation_bytes_per_token(dims, mode, triton) <= activation_budget:
+                return micro, mode
+    return candidates[-1], ("offload" if checkpointing == "auto" else checkpointing)
