@@ -17,6 +17,7 @@ from lorafleet.models import EMBEDDED_DEFAULT
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["none", "nf4"]
+Checkpointing = Literal["auto", "full", "attention", "none", "offload"]
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,32 @@ class TrainConfig(BaseModel):
     precision: Precision = Field("auto", description="auto = bf16 on CUDA with bf16 support, else fp32")
     gradient_checkpointing: bool = Field(True, description="recompute activations in backward to save memory")
     packing: bool = Field(False, description="pack samples into rows (needs a varlen attention backend)")
+    # CUDA speed-ups (lorafleet.train.speedups): ignored on CPU; each computes what plain PEFT computes
+    # up to bf16 rounding order, except frozen_bf16 (off by default, see its description).
+    fused_lora: bool = Field(True, description="CUDA: each LoRA linear as one fused function (base matmul + LoRA update)")
+    fused_mlp: bool = Field(True, description="CUDA: RMSNorm + SwiGLU MLP as one function saving only input, gate, up")
+    fused_elementwise: bool = Field(
+        True, description="CUDA: RMSNorm and SiLU·mul as Triton kernels (liger-kernel; off with a note if it fails its check)"
+    )
+    fused_cross_entropy: bool = Field(
+        True, description="CUDA, one process: loss from hidden states in chunks, never building the logits (liger-kernel)"
+    )
+    frozen_bf16: bool = Field(
+        False,
+        description="CUDA QLoRA: keep frozen embeddings/norms/head in bf16 (saves memory; the residual stream is then "
+        "bf16 instead of fp32, so results differ slightly from plain PEFT)",
+    )
+    checkpointing: Checkpointing = Field(
+        "auto",
+        description="CUDA: what to recompute in backward. auto = least recompute that fits the memory at the largest "
+        "micro-batch; full = transformers' own (per gradient_checkpointing); attention = attention only; "
+        "none; offload = whole layers from inputs kept in host memory (longest contexts)",
+    )
+    micro_batch: int | Literal["auto"] = Field(
+        "auto",
+        description="CUDA: rows per forward pass, a divisor of batch_size (auto = the largest that fits the memory); "
+        "the optimizer step and the loss are the same either way",
+    )
     eval_every: int | None = Field(None, ge=1, description="evaluate every N optimizer steps (always at the end)")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without a lower eval loss"
@@ -66,6 +93,13 @@ class TrainConfig(BaseModel):
     tensorboard: bool = Field(False, description="also write TensorBoard events to <out>.tensorboard/")
     resume: bool = Field(False, description="continue from the last checkpoint of an interrupted run")
     force: bool = Field(False, description="replace an existing non-empty output folder")
+
+    @field_validator("micro_batch")
+    @classmethod
+    def _positive_micro_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("micro_batch must be 'auto' or a positive number of rows")
+        return value
 
     @field_validator("target_modules")
     @classmethod

@@ -49,6 +49,8 @@ class Run:
     logger: RunLogger
     state: TrainState = field(default_factory=TrainState)
     best_adapter: dict[str, torch.Tensor] | None = None
+    micro_batch: int | None = None  # rows per forward pass (None = the whole micro-batch); CUDA speed-ups set it
+    fused_loss: bool = False  # loss from hidden states in chunks (speedups.causal_lm_loss_sum), never the logits
 
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(s.input_ids) for s in self.train]
@@ -77,6 +79,28 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def _passes(run: Run, samples: list[list[Sample]]) -> list[list[Sample]]:
+    """The forward passes of one step: each micro-batch cut into pieces of at most `run.micro_batch` rows.
+    Exact: the loss is a sum over tokens divided by the step's global token count either way."""
+    size = run.micro_batch
+    if not size:
+        return samples
+    return [mb[i : i + size] for mb in samples for i in range(0, len(mb), size)]
+
+
+def _token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token loss of one forward pass (its backward graph included)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if run.fused_loss:
+        from lorafleet.train.speedups import causal_lm_loss_sum as fused_loss_sum
+
+        with _autocast(run):
+            return fused_loss_sum(run.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
+    with _autocast(run):
+        logits = run.forward_model(**inputs, use_cache=False).logits
+    return causal_lm_loss_sum(logits, batch["labels"])
+
+
 def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
     batch = collate_packed(samples) if run.config.packing else collate_padded(samples, run.pad_token_id)
     return {k: v.to(run.device) for k, v in batch.items()}
@@ -90,7 +114,7 @@ def _autocast(run: Run):
 
 def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, float]:
     """One optimizer step over this process's micro-batches; returns (loss, global input tokens, grad norm)."""
-    samples = [[run.train[i] for i in mb] for mb in micro_batches]
+    samples = _passes(run, [[run.train[i] for i in mb] for mb in micro_batches])
     counts = torch.tensor(
         [sum(s.trained_tokens for mb in samples for s in mb), sum(len(s.input_ids) for mb in samples for s in mb)],
         dtype=torch.float64,
@@ -103,10 +127,7 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         last = i == len(samples) - 1
         sync = contextlib.nullcontext() if last or not run.dist.enabled else run.forward_model.no_sync()
         with sync:
-            with _autocast(run):
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                logits = run.forward_model(**inputs, use_cache=False).logits
-            token_loss = causal_lm_loss_sum(logits, batch["labels"])
+            token_loss = _token_loss_sum(run, batch)
             loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
             (run.scaler.scale(loss) if run.scaler else loss).backward()
         loss_sum += token_loss.detach().double().cpu()

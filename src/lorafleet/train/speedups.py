@@ -151,8 +151,12 @@ def _layer_forward(layer: nn.Module, hidden_states: Tensor, *args, **kwargs) -> 
     return _layer_body(layer, fused_mlp, mode == "attention" and layer.training, hidden_states, **kwargs)
 
 
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", base)
     return list(getattr(decoder, "layers", []))
 
@@ -221,6 +225,9 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
             memory_budget_bytes = torch.cuda.memory_allocated(device) + int(free * 0.9)
         trainable = sum(p.numel() for p in params if p.requires_grad)
         fixed = torch.cuda.memory_allocated(device) + TRAINABLE_BYTES_PER_PARAM * trainable + MARGIN_BYTES
+        head = _base(model).get_output_embeddings()
+        if settings.fused_cross_entropy and head is not None and head.weight.dtype != torch.bfloat16:
+            fixed += 2 * head.weight.numel()  # the fused loss's bf16 copy of an fp32 head, made per pass
         fused_mlp = settings.fused_mlp and settings.fused_lora
         micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
                                        memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
@@ -233,6 +240,28 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
     applied.fused_cross_entropy = settings.fused_cross_entropy and _liger_loss() is not None
     model._lorafleet_speedups = applied
     return applied
+
+
+def settings_for(config) -> SpeedupSettings:
+    """The speed-up switches of a ``TrainConfig`` (``checkpointing: full`` = transformers' own;
+    ``frozen_bf16`` only ever touches a QLoRA model, whose frozen fp32 weights were bf16 before)."""
+    return SpeedupSettings(
+        fused_lora=config.fused_lora, fused_mlp=config.fused_mlp, fused_elementwise=config.fused_elementwise,
+        fused_cross_entropy=config.fused_cross_entropy,
+        frozen_bf16=config.frozen_bf16 and config.quantization == "nf4",
+        checkpointing="hf" if config.checkpointing == "full" else config.checkpointing,
+        micro_batch=None if config.micro_batch == "auto" else int(config.micro_batch),
+    )
+
+
+def describe(applied: AppliedSpeedups, rows: int) -> str:
+    """One line for the training log: what ``apply_speedups`` turned on."""
+    parts = [f"fused LoRA linears {applied.fused_lora_layers}", f"fused MLPs {applied.fused_mlps}",
+             f"Triton elementwise {'on' if applied.fused_elementwise else 'off'}",
+             f"checkpointing {applied.checkpointing}", f"micro-batch {applied.micro_batch} of {rows} rows",
+             f"fused loss {'on' if applied.fused_cross_entropy else 'off'}",
+             f"frozen bf16 {'on' if applied.frozen_bf16 else 'off'}"]
+    return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {note}" for note in applied.notes)
 
 
 def remove_speedups(model: nn.Module) -> None:

@@ -83,6 +83,7 @@ def setup(data_dir: Path, paths: RunPaths, config: TrainConfig, model_path: Path
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(config.seed)  # LoRA A init and the first dropout masks
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
+    applied = enable_speedups(model, config, train, dist) if device.type == "cuda" else None
     forward_model = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -100,6 +101,9 @@ def setup(data_dir: Path, paths: RunPaths, config: TrainConfig, model_path: Path
     )
     if config.quantization == "nf4":
         run.autocast_dtype = torch.bfloat16  # QLoRA computes in bf16 whatever the storage precision
+    if applied is not None:
+        run.micro_batch = applied.micro_batch
+        run.fused_loss = applied.fused_cross_entropy and not dist.enabled  # DDP needs its own forward
     run.optimizer, run.scheduler = build_optimizer(model, config, run.total_steps)
     if config.resume:
         resume(run)
@@ -148,6 +152,18 @@ def attach_adapter(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Modu
         bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def enable_speedups(model: torch.nn.Module, config: TrainConfig, train: list, dist: DistInfo):
+    """Apply the CUDA speed-ups the config switches on (speedups.py), planned for batches of
+    `batch_size` rows of at most the longest train sample; logs what was applied (rank 0)."""
+    from lorafleet.train.speedups import apply_speedups, describe, settings_for
+
+    longest = max((len(s.input_ids) for s in train), default=1)
+    applied = apply_speedups(model, settings_for(config), longest, rows=config.batch_size)
+    if dist.is_main:
+        Console(stderr=True).print(describe(applied, config.batch_size), highlight=False)
+    return applied
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
