@@ -322,6 +322,9 @@ def print_table(report: dict) -> None:
         print("loss (a): " + " ".join(f"{x:.4f}" for x in la))
         print("loss (b): " + " ".join(f"{x:.4f}" for x in lb))
         print(f"max |loss(a) - loss(b)| over {len(la)} steps: {diff:.4f}")
+        for key, row in res.items():
+            if key.startswith("b-") and len(row["losses"]) == len(la):
+                print(f"max |loss(a) - loss({key})|: {max(abs(x - y) for x, y in zip(la, row['losses'])):.4f}")
     if report["context"]:
         print(f"longest batch-1 context (fits, first fail): {report['context']}")
 
