@@ -371,3 +371,7 @@ def demo(
     if not config.is_file():
         fail(f"demo config {config} not found; run the demo from the repository root (`make demo`) or pass --config")
     run_demo(out, config, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -67,3 +67,35 @@ def test_resume_refuses_other_settings(tiny_model: Path, tiny_data: Path, tmp_pa
 def test_resume_without_checkpoint(tiny_model: Path, tiny_data: Path, tmp_path: Path):
     with pytest.raises(OutputError, match="no checkpoint found"):
         train_adapter(tiny_data, tmp_path / "none", tiny_config(tiny_model, resume=True), show_progress=False)
+
+
+def test_resume_after_a_real_sigkill(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    """`lorafleet train` killed with SIGKILL mid-run, then `--resume`, equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = tiny_config(tiny_model, epochs=25, save_every=2, lora_dropout=0.1)  # 100 steps: time to kill it
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "lorafleet.cli", "train", "--data", str(tiny_data), "--out", str(out), "--config", str(config_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed.partial" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+
+    subprocess.run(command + ["--resume"], check=True, stdout=subprocess.DEVNULL)
+    whole = tmp_path / "whole"
+    train_adapter(tiny_data, whole, config, show_progress=False)
+    a, b = load_file(whole / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
