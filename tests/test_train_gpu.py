@@ -128,6 +128,18 @@ def test_activation_estimate_matches_the_h200_measurement():
     assert activation_bytes_per_token(LLAMA_8B, "offload") < activation_bytes_per_token(LLAMA_8B, "hf") < attention
 
 
+def test_fp32_residual_stream_is_counted():
+    # A QLoRA model with fp32 embeddings carries the residual stream in fp32: layer input, normed input and
+    # mid residual kept per layer, plus the head's hidden state, take 2 more bytes per element. Ignoring this
+    # made a plan overshoot (a)'s peak by 0.4 GB on the H200 (BENCHMARKS.md).
+    h, layers = LLAMA_8B.hidden, LLAMA_8B.layers
+    extra = activation_bytes_per_token(LLAMA_8B, "none", True, 4) - activation_bytes_per_token(LLAMA_8B, "none", True)
+    assert extra == 2 * (3 * h * layers + 2 * h)
+    budget = 2048 * activation_bytes_per_token(LLAMA_8B, "none", True)
+    assert plan_micro_batch(2, 2048, LLAMA_8B, budget, triton=True) == (1, "none")
+    assert plan_micro_batch(2, 2048, LLAMA_8B, budget, triton=True, residual_bytes=4) == (1, "attention")
+
+
 def test_plan_prefers_the_largest_micro_batch_then_the_least_recompute():
     per_none = activation_bytes_per_token(LLAMA_8B, "none")
     per_attn = activation_bytes_per_token(LLAMA_8B, "attention")

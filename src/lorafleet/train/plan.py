@@ -5,7 +5,9 @@ per-token estimate counts what a fused Llama-family layer keeps until backward (
 element), plus one layer's transient working set during its backward and the fused loss head. It was
 checked against peaks measured on the H200 for the Llama-3.1-8B shape (seq 2048, NF4, BENCHMARKS.md):
 attention-only recompute 2.57 MB/token measured vs 2.63 estimated (torch elementwise path); no
-recompute 3.51 measured vs 3.52 estimated.
+recompute 3.51 measured vs 3.52 estimated. With fp32 embeddings (QLoRA without frozen_bf16) the
+residual stream is fp32: the first round's estimate ignored that and a plan overshot the budget by
+~0.4 GB on the H200 (18.2 GB peak vs 17.8 allowed); ``residual_bytes`` now counts it.
 
 Preference: the largest micro-batch that fits (one long matmul beats two short ones by far more than
 the attention recompute costs: measured 1.36× vs 1.14-1.28× at half the micro-batch), then the least
@@ -37,36 +39,28 @@ class ModelDims:
         return cls(config.hidden_size, config.intermediate_size, kv_dim, config.num_hidden_layers)
 
 
-def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False) -> int:
+def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False, residual_bytes: int = 2) -> int:
     """Peak activation bytes per token of a micro-batch under checkpointing ``mode``.
 
-    Kept per layer until backward (elements): ``none`` = layer input, normed input, rotated q, k, v,
-    attention output, mid residual, gate, up (5h + 2kv + 2i); ``attention`` = layer input, mid
-    residual, gate, up (2h + 2i); ``hf`` = layer input (h); ``offload`` = nothing on the GPU.
+    Kept per layer until backward: ``none`` = layer input, normed input, mid residual (3h in the
+    residual stream's dtype, ``residual_bytes``: 4 when a QLoRA model keeps fp32 embeddings) plus
+    rotated q, attention output, k, v, gate, up (2h + 2kv + 2i in bf16); ``attention`` = layer input,
+    mid residual (2h residual) + gate, up; ``hf`` = layer input; ``offload`` = nothing on the GPU.
     Transient: the recomputed part of one layer, the SwiGLU backward temporaries (16 bytes per
     intermediate element in eager torch, 4 with the Triton kernels) and the loss head's hidden
-    state and its gradient (4h bytes).
+    state and its gradient (2h residual).
     """
-    h, i, kv = dims.hidden, dims.intermediate, dims.kv_dim
-    full_layer = 5 * h + 2 * kv + 2 * i
-    kept = {"none": full_layer, "attention": 2 * h + 2 * i, "hf": h, "offload": 0}[mode]
-    recomputed = {"none": 0, "attention": 3 * h + 2 * kv}.get(mode, full_layer)
+    h, i, kv, r = dims.hidden, dims.intermediate, dims.kv_dim, residual_bytes
+    full_layer = 3 * h * r + 2 * (2 * h + 2 * kv + 2 * i)
+    kept = {"none": full_layer, "attention": 2 * h * r + 2 * 2 * i, "hf": h * r, "offload": 0}[mode]
+    recomputed = {"none": 0, "attention": h * r + 2 * (2 * h + 2 * kv)}.get(mode, full_layer)
     mlp_temp = (4 if triton else 16) * i
-    return 2 * dims.layers * kept + 2 * recomputed + mlp_temp + 4 * h
-
-
-def choose_checkpointing(tokens: int, dims: ModelDims, budget_bytes: int, triton: bool = False) -> Checkpointing:
-    """The least recompute whose activations for ``tokens`` fit ``budget_bytes``: none, then
-    attention-only, else whole layers recomputed from inputs kept in host memory (offload)."""
-    for mode in ("none", "attention"):
-        if tokens * activation_bytes_per_token(dims, mode, triton) <= budget_bytes:
-            return mode
-    return "offload"
+    return dims.layers * kept + recomputed + mlp_temp + 2 * h * r
 
 
 def plan_micro_batch(rows: int, row_tokens: int, dims: ModelDims, activation_budget: int,
                      checkpointing: Checkpointing = "auto", micro_batch: int | None = None,
-                     triton: bool = False) -> tuple[int, Checkpointing]:
+                     triton: bool = False, residual_bytes: int = 2) -> tuple[int, Checkpointing]:
     """(rows per forward pass, checkpointing) for batches of ``rows`` rows of at most ``row_tokens``.
 
     ``activation_budget`` is what activations may take (the caller has already subtracted weights,
@@ -78,6 +72,6 @@ def plan_micro_batch(rows: int, row_tokens: int, dims: ModelDims, activation_bud
     modes = [checkpointing] if checkpointing != "auto" else ["none", "attention"]
     for micro in candidates:
         for mode in modes:
-            if micro * row_tokens * activation_bytes_per_token(dims, mode, triton) <= activation_budget:
+            if micro * row_tokens * activation_bytes_per_token(dims, mode, triton, residual_bytes) <= activation_budget:
                 return micro, mode
     return candidates[-1], ("offload" if checkpointing == "auto" else checkpointing)

@@ -229,9 +229,10 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         if settings.fused_cross_entropy and head is not None and head.weight.dtype != torch.bfloat16:
             fixed += 2 * head.weight.numel()  # the fused loss's bf16 copy of an fp32 head, made per pass
         fused_mlp = settings.fused_mlp and settings.fused_lora
+        residual_bytes = _base(model).get_input_embeddings().weight.element_size()  # fp32 embeddings: fp32 stream
         micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
                                        memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
-                                       triton and fused_mlp)
+                                       triton and fused_mlp, residual_bytes)
         fused_layers = fuse_layers(model, mode, fused_mlp, triton)
         applied.fused_mlps = fused_layers if fused_mlp else 0
         applied.checkpointing, applied.micro_batch = mode, micro
