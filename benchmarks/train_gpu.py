@@ -13,6 +13,7 @@ forward + 4r(in+out) backward; causal attention 2·S·H forward and twice that b
 
     python3 benchmarks/train_gpu.py --out DIR [--context-search] [--layers N for a smoke run]
         [--variants attention:2,none:1,exact]   (exact = (b) with frozen_bf16 off, as `lorafleet train`)
+        [--profile [--profile-steps N]]   (per-kernel CUDA profile instead of the table, train_gpu_profile.py)
 
 Notes: what each change of the second round should do to (b) at seq 2048, micro-batch 2 (4,096 tokens
 per pass), from memory traffic at ~3 TB/s on the H200 (predictions, to be checked by the table):
@@ -136,7 +137,11 @@ def setup_row(model, quantized: bool, fast: bool):
                                             use_rslora=True, task_type="CAUSAL_LM"))
     peft.train()
     params = [p for p in peft.parameters() if p.requires_grad]
-    if quantized:
+    if quantized and fast:  # lorafleet's: the same paged 8-bit AdamW, one device sync per step (optim.py)
+        from lorafleet.train.optim import paged_adamw_8bit
+
+        opt = paged_adamw_8bit(params, lr=LR, weight_decay=0.0)
+    elif quantized:
         import bitsandbytes as bnb
 
         opt = bnb.optim.PagedAdamW8bit(params, lr=LR, weight_decay=0.0)
@@ -209,6 +214,33 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
     return row, teardown_row(peft)
 
 
+def profile_rows(model, data, args) -> list[dict]:
+    """``--profile``: (a), (b) as planned in round 3 (frozen_bf16, attention recompute, micro-batch 2) and
+    the exact default at micro-batch 1 and 2, each 2 warm + ``--profile-steps`` profiled steps."""
+    from train_gpu_profile import profile_steps
+
+    specs = [("a", True, False, None, None), ("b_bf16_attn_m2", True, True, True, 2),
+             ("b_exact_attn_m1", True, True, False, 1), ("b_exact_attn_m2", True, True, False, 2)]
+    summaries = []
+    for label, quantized, fast, frozen_bf16, micro in specs:
+        peft, params, opt = setup_row(model, quantized, fast)
+        batch, seq = data[0][0].shape
+        if fast:
+            S.apply_speedups(peft, S.SpeedupSettings(checkpointing="attention", micro_batch=micro,
+                                                     frozen_bf16=frozen_bf16), seq, rows=batch)
+        micro = micro or batch
+        it = iter(range(10**6))
+        step = lambda: train_steps(peft, params, opt, [data[next(it) % len(data)]], micro, fast, 1)  # noqa: E731
+        torch.cuda.reset_peak_memory_stats()
+        summary = profile_steps(step, 2, args.profile_steps, args.layers, label, args.out / "profile")
+        summary["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        print(f"peak {summary['peak_gb']:.2f} GB", flush=True)
+        summaries.append(summary)
+        del opt, params
+        model = teardown_row(peft)
+    return summaries
+
+
 def fits(model, quantized: bool, fast: bool, seq: int) -> tuple[bool, float, float]:
     """Does one batch-1 training step at ``seq`` fit? Returns (fits, seconds, peak GB)."""
     peft, params, opt = setup_row(model, quantized, fast)
@@ -267,12 +299,22 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="extra (b) rows: MODE:MICRO,... e.g. attention:2,none:1")
     ap.add_argument("--context-search", action="store_true")
     ap.add_argument("--context-cap-s", type=float, default=240)
+    ap.add_argument("--profile", action="store_true", help="per-kernel profile of (a), (b), (b) exact; no table")
+    ap.add_argument("--profile-steps", type=int, default=2)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows_wanted = args.rows.split(",")
     data = make_data(args.steps, args.batch, args.seq, 128256)
     results: dict[str, dict] = {}
     model = build_bf16(args.layers)
+    if args.profile:
+        from train_gpu_profile import print_summaries
+
+        quantize_nf4(model)
+        summaries = profile_rows(model, data, args)
+        print_summaries(summaries)
+        print("peak GB: " + ", ".join(f"{s['label']} {s['peak_gb']:.2f}" for s in summaries))
+        return
     if "c" in rows_wanted:
         results["c"], model = run_row("(c) plain bf16 LoRA", model, False, False, data, args)
     if "d" in rows_wanted:

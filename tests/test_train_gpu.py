@@ -307,3 +307,103 @@ def test_speedups_with_dropout_and_nf4_train_and_are_reproducible():
     assert losses == losses2 and max_rel_err(grads, grads2) == 0.0  # dropout masks come from seeded RNG
     assert abs(losses[0] - plain_losses[0]) < 5e-2  # same NF4 weights; only dropout noise differs
     assert losses[-1] < losses[0]
+
+
+def test_dropped_is_x_times_the_keep_mask_in_float64():
+    x = torch.randn(6, 40, dtype=torch.float64)
+    torch.testing.assert_close(fused_lora.dropped(x, 0.3, 99), x * fused_lora.keep_mask(x, 0.3, 99))
+    assert int((fused_lora.dropped(x, 0.3, 99) == 0).sum()) > 0
+
+
+def test_bf16_tables_are_exact_and_leave_other_tables_alone():
+    from lorafleet.train.bf16_tables import remove_embedding_hook, store_tables_in_bf16
+
+    model = tiny_llama(torch.bfloat16, "cpu").float()  # fp32 tables holding bf16 values, as after kbit prep
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids, _ = batch("cpu")
+    ref_embed = model.get_input_embeddings()(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_logits = model(input_ids=ids).logits
+    assert store_tables_in_bf16(model)
+    assert model.get_input_embeddings().weight.dtype == model.get_output_embeddings().weight.dtype == torch.bfloat16
+    embed = model.get_input_embeddings()(ids)
+    assert embed.dtype == torch.float32 and torch.equal(embed, ref_embed)  # the residual stream stays fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(input_ids=ids).logits, ref_logits)
+    remove_embedding_hook(model)
+    assert model.get_input_embeddings()(ids).dtype == torch.bfloat16
+
+    other = tiny_llama(torch.float32, "cpu")  # fp32 values that bf16 cannot hold: left alone
+    for p in other.parameters():
+        p.requires_grad_(False)
+    assert not store_tables_in_bf16(other)
+    assert other.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_triton_dropout_is_dropout_and_the_fused_lora_uses_its_mask():
+    pytest.importorskip("triton", reason="the dropout kernel is Triton")
+    from lorafleet.train import dropout_kernel
+    from lorafleet.train.kernels import dropout_problem
+
+    assert dropout_problem(torch.device("cuda", torch.cuda.current_device())) is None
+    x = torch.randn(3, 37, 256, device="cuda", dtype=torch.float32, requires_grad=True)
+    base = torch.nn.Linear(256, 96, bias=False, device="cuda")
+    a = torch.randn(8, 256, device="cuda", requires_grad=True)
+    b = torch.randn(96, 8, device="cuda", requires_grad=True)
+    torch.manual_seed(11)
+    got = LoraLinearFunction.apply(x, a, b, base, 2.0, 0.3, True)
+    got.backward(torch.ones_like(got))
+    got_grads = (x.grad.clone(), a.grad.clone(), b.grad.clone())
+    x.grad, a.grad, b.grad = None, None, None
+    torch.manual_seed(11)
+    seed = fused_lora.new_seed()
+    mask = dropout_kernel.dropped(torch.ones(3 * 37, 256, device="cuda"), 0.3, seed).reshape(x.shape)
+    assert 0.6 < float(mask.mean()) < 0.8 and set(mask.unique().tolist()) == {0.0, 1.0}
+    ref = base(x) + ((x * mask / 0.7) @ a.t() @ b.t()) * 2.0
+    ref.backward(torch.ones_like(ref))
+    torch.testing.assert_close(got, ref)
+    for r, g in zip((x.grad, a.grad, b.grad), got_grads):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_one_sync_paged_adamw_8bit_updates_exactly_as_bitsandbytes():
+    bnb = pytest.importorskip("bitsandbytes", reason="the 8-bit optimizer is bitsandbytes'")
+    from lorafleet.train.optim import paged_adamw_8bit
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(32, 4096), (4096, 32), (32, 14336), (1024, 32)]
+    start = [torch.randn(s, device="cuda", generator=g) * 0.02 for s in shapes]
+    grads = [[torch.randn(s, device="cuda", generator=g) for s in shapes] for _ in range(3)]
+    results = []
+    for make in (lambda ps: bnb.optim.PagedAdamW8bit(ps, lr=1e-3), lambda ps: paged_adamw_8bit(ps, lr=1e-3)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make(params)
+        for step in grads:
+            for p, grad in zip(params, step):
+                p.grad = grad.clone()
+            opt.step()
+        results.append(params)
+    for ref, got in zip(*results):
+        assert torch.equal(ref, got)
+    assert not torch.equal(results[0][0], start[0])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_triton_rope_matches_transformers_and_is_scoped():
+    pytest.importorskip("liger_kernel", reason="the RoPE kernel comes from liger-kernel")
+    from transformers.models.llama import modeling_llama
+
+    from lorafleet.train.kernels import rope_problem, triton_rope
+
+    name = modeling_llama.__name__
+    assert rope_problem(torch.device("cuda", torch.cuda.current_device()), name) is None
+    original = modeling_llama.apply_rotary_pos_emb
+    with triton_rope(name):
+        assert modeling_llama.apply_rotary_pos_emb is not original
+    assert modeling_llama.apply_rotary_pos_emb is original  # only inside the fused attention call

@@ -13,7 +13,9 @@ each time). These functions compute the same function with:
   backward; inside a recomputed region (``keep_dense_weights``) the weight dequantized by the
   recomputation is saved for backward instead of being dequantized a third time (it lives from the
   recomputation until that layer's backward is done, never across layers);
-* RMSNorm and the SiLU·mul forward/backward as single Triton kernels on CUDA (``kernels.py``).
+* RMSNorm and the SiLU·mul forward/backward as single Triton kernels on CUDA (``kernels.py``);
+* with ``triton_dropout`` (CUDA), the dropout masks drawn in registers by one Triton kernel per pass
+  instead of being written out by torch and multiplied in (``dropout_kernel.py``).
 
 Gradients flow to ``lora_A`` / ``lora_B`` (any dtype; returned in the parameter's dtype). The math is
 PEFT's vanilla LoRA (no DoRA); rounding differs only where one fused matmul replaces two bf16 steps.
@@ -81,11 +83,20 @@ def keep_mask(x: Tensor, p: float, seed: int) -> Tensor:
     return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
 
 
+def dropped(x: Tensor, p: float, seed: int, triton: bool = False) -> Tensor:
+    """x * keep_mask(x, p, seed) (no rescale); ``triton``: the mask drawn in the kernel, never stored."""
+    if triton:
+        from lorafleet.train import dropout_kernel
+
+        return dropout_kernel.dropped(x, p, seed)
+    return x * keep_mask(x, p, seed)
+
+
 def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: int,
-                  bias: Tensor | None) -> tuple[Tensor, Tensor]:
+                  bias: Tensor | None, triton: bool = False) -> tuple[Tensor, Tensor]:
     """y = x @ w.T + scale * (dropout(x) @ a.T) @ b.T (+ bias); returns (y, low) with low (tokens, r)."""
     if p > 0:
-        low = (x * keep_mask(x, p, seed)) @ a.t()  # (tokens, r)
+        low = dropped(x, p, seed, triton) @ a.t()  # (tokens, r)
         low.mul_(1.0 / (1.0 - p))
     else:
         low = x @ a.t()
@@ -97,9 +108,18 @@ def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: f
 
 
 def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float,
-                   p: float, seed: int, need_dx: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+                   p: float, seed: int, need_dx: bool, triton: bool = False) -> tuple[Tensor | None, Tensor, Tensor]:
     """Gradients of ``_lora_forward`` for x (if need_dx), a and b; the base weight gets none."""
     grad_b = (dy.t() @ low) * scale  # (out, r)
+    if p > 0 and triton:
+        from lorafleet.train import dropout_kernel
+
+        d_low = (dy @ b) * (scale / (1.0 - p))
+        grad_a = d_low.t() @ dropout_kernel.dropped(x, p, seed)
+        dx = None
+        if need_dx:
+            dx = dropout_kernel.add_dropped_(dy @ w, d_low @ a, p, seed)  # dy @ w + (d_low @ a) * keep
+        return dx, grad_a, grad_b
     if p > 0:
         d_low = (dy @ b) * (scale / (1.0 - p))  # (tokens, r), the dropout rescale folded in
         keep = keep_mask(x, p, seed)
@@ -122,15 +142,18 @@ class LoraLinearFunction(torch.autograd.Function):
     """One LoRA linear layer over a frozen base layer (see module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lora_a: Tensor, lora_b: Tensor, base: nn.Module, scale: float, p: float):
+    def forward(ctx, x: Tensor, lora_a: Tensor, lora_b: Tensor, base: nn.Module, scale: float, p: float,
+                triton_dropout: bool = False):
         seed = new_seed()
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (tokens, in)
             w = dense_weight(base, dtype)
-            y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias)
+            y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias,
+                                   triton_dropout)
         ctx.save_for_backward(x, low, lora_a, lora_b, *((w,) if _keeping_dense() else ()))
         ctx.base, ctx.scale, ctx.p, ctx.seed, ctx.dtype = base, scale, p, seed, dtype
+        ctx.triton_dropout = triton_dropout
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -143,10 +166,10 @@ class LoraLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             w = kept[0] if kept else dense_weight(ctx.base, dtype)
         dx, grad_a, grad_b = _lora_backward(dy2, flat, low, w, lora_a.to(dtype), lora_b.to(dtype), ctx.scale,
-                                            ctx.p, ctx.seed, ctx.needs_input_grad[0])
+                                            ctx.p, ctx.seed, ctx.needs_input_grad[0], ctx.triton_dropout)
         if dx is not None:
             dx = dx.reshape(x.shape).to(x.dtype)
-        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None
+        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -172,13 +195,14 @@ class NormLoraMLPFunction(torch.autograd.Function):
 
     Saves the block input h (tokens, hidden), rstd, gate and up outputs (tokens, inter) and the three
     (tokens, r) LoRA activations; recomputes the norm, dropout masks and silu(gate) * up in backward.
-    ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py).
+    ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py),
+    ``triton_dropout`` the dropout masks (dropout_kernel.py).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, norm_weight: Tensor, eps: float, bases: tuple[nn.Module, ...],
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
-                ad: Tensor, bd: Tensor, triton: bool = False):
+                ad: Tensor, bd: Tensor, triton: bool = False, triton_dropout: bool = False):
         dtype = compute_dtype(h)
         seeds = (new_seed(), new_seed(), new_seed())
         h = h.contiguous()
@@ -195,21 +219,25 @@ class NormLoraMLPFunction(torch.autograd.Function):
             flat = h.reshape(-1, h.shape[-1])
             x, state = rms_norm(flat, norm_weight, eps, triton)  # (tokens, hidden)
             x = x.to(dtype)
-            gate, low_g = _lora_forward(x, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p, seeds[0], bases[0].bias)
-            up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias)
+            gate, low_g = _lora_forward(x, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p, seeds[0], bases[0].bias,
+                                       triton_dropout)
+            up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias,
+                                   triton_dropout)
             del x
             act = silu_mul(gate, up, triton)  # (tokens, inter)
-            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias)
+            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias,
+                                       triton_dropout)
         ctx.save_for_backward(h, state[1], norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
         ctx.state = state[:1] + (None,) + state[2:]
         ctx.bases, ctx.scales, ctx.p, ctx.seeds, ctx.eps, ctx.dtype = bases, scales, p, seeds, eps, dtype
-        ctx.triton = triton
+        ctx.triton, ctx.triton_dropout = triton, triton_dropout
         return y.reshape(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept = ctx.saved_tensors
         dtype, p, seeds, scales, bases, triton = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases, ctx.triton
+        td = ctx.triton_dropout
         state = ctx.state[:1] + (rstd,) + ctx.state[2:]
         dense = kept or [None, None, None]
         weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype)  # noqa: E731
@@ -217,19 +245,19 @@ class NormLoraMLPFunction(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         act = silu_mul(gate, up, triton)
         d_act, grad_ad, grad_bd = _lora_backward(dy2, act, low_d, weight(2), ad.to(dtype), bd.to(dtype), scales[2],
-                                                 p, seeds[2], True)
+                                                 p, seeds[2], True, td)
         del act
         # The Triton path writes d_gate / d_up over gate / up (saved tensors, not needed after this).
         d_gate, d_up = silu_mul_grad(gate, up, d_act, triton)
         del d_act
         x = rms_norm(flat, norm_weight, ctx.eps, triton)[0].to(dtype)
         dx, grad_ag, grad_bg = _lora_backward(d_gate, x, low_g, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p,
-                                              seeds[0], True)
+                                              seeds[0], True, td)
         dx_up, grad_au, grad_bu = _lora_backward(d_up, x, low_u, weight(1), au.to(dtype), bu.to(dtype), scales[1], p,
-                                                 seeds[1], True)
+                                                 seeds[1], True, td)
         dx += dx_up
         del dx_up, x, d_gate, d_up
         dh = rms_norm_grad(dx.to(h.dtype), flat, norm_weight, state, overwrite_dx=True).reshape(h.shape)
         grads = [g.to(t.dtype) for g, t in ((grad_ag, ag), (grad_bg, bg), (grad_au, au), (grad_bu, bu),
                                             (grad_ad, ad), (grad_bd, bd))]
-        return (dh, None, None, None, None, None, *grads, None)
+        return (dh, None, None, None, None, None, *grads, None, None)

@@ -11,13 +11,20 @@ registers and rounding once, as the torch path does for its outputs:
 * SiLU·mul backward takes silu in fp32 (eager uses the bf16-rounded silu for d_up): a difference
   in the last bf16 bit of some elements, the "rounding order" the module docs allow.
 
-``triton_problem`` runs each kernel once against the torch version before they are used; any error or
-mismatch turns them off for that model (the caller records why).
+* RoPE (``triton_rope``): Liger's kernel rotates q and k in one pass each way; transformers makes
+  about ten passes (two products, a half-swap with cat and neg, an add, each for q and k, on strided
+  views). The H200 profile put those at ~0.7 ms per layer (BENCHMARKS.md, round 4). The math is in
+  fp32 when cos/sin are fp32 (a QLoRA model's fp32 residual stream), like transformers' promotion.
+
+``triton_problem`` (and ``dropout_problem``, ``rope_problem``) run each kernel once against the torch
+version before they are used; any error or mismatch turns them off for that model (the caller records why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 
 import torch
 from torch import Tensor
@@ -105,4 +112,86 @@ def triton_problem(device: torch.device) -> str | None:
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
     except Exception as exc:  # noqa: BLE001 - any failure means: use torch
         return f"Triton kernels off: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+@functools.cache
+def dropout_problem(device: torch.device) -> str | None:
+    """None when the Triton dropout kernel (``dropout_kernel.py``) runs on ``device`` and behaves as
+    dropout: the same seed gives the same mask and another seed another one, about p of the elements
+    are dropped, kept values are unchanged, and the masked add equals ``dx + t * mask``; else why not."""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    try:
+        from lorafleet.train import dropout_kernel
+
+        g = torch.Generator(device=device).manual_seed(0)
+        x = (torch.randn(512, 4096, device=device, generator=g).abs() + 0.5).to(torch.bfloat16)
+        first, again, other = (dropout_kernel.dropped(x, 0.25, s) for s in (2**40 + 7, 2**40 + 7, 12345))
+        keep = first != 0
+        rate = float(keep.float().mean())
+        if not torch.equal(first, again) or torch.equal(first, other) or abs(rate - 0.75) > 0.01:
+            return f"Triton dropout off: masks not reproducible or rate {rate:.3f} not 0.75"
+        if not torch.equal(first[keep], x[keep]):
+            return "Triton dropout off: kept values changed"
+        dx, t = (torch.randn(512, 4096, device=device, generator=g).to(torch.bfloat16) for _ in range(2))
+        want = dx + t * keep.to(t.dtype)
+        if not torch.equal(dropout_kernel.add_dropped_(dx, t, 0.25, 2**40 + 7), want):
+            return "Triton dropout off: masked add differs from dx + t * mask"
+    except Exception as exc:  # noqa: BLE001 - any failure means: use torch
+        return f"Triton dropout off: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+@contextlib.contextmanager
+def triton_rope(module_name: str, on: bool = True):
+    """Within this block the attention code of ``module_name`` (e.g. transformers' modeling_llama)
+    calls Liger's Triton RoPE instead of its own ``apply_rotary_pos_emb``; restored on exit. Wraps
+    one attention call (forward or its recomputation), never a whole model."""
+    module = sys.modules.get(module_name)
+    if not on or module is None or not hasattr(module, "apply_rotary_pos_emb"):
+        yield
+        return
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    original = module.apply_rotary_pos_emb
+    module.apply_rotary_pos_emb = liger_rotary_pos_emb
+    try:
+        yield
+    finally:
+        module.apply_rotary_pos_emb = original
+
+
+@functools.cache
+def rope_problem(device: torch.device, module_name: str) -> str | None:
+    """None when Liger's RoPE agrees with ``module_name``'s ``apply_rotary_pos_emb`` on ``device``
+    (forward and backward, bf16 q/k, fp32 and bf16 cos/sin, within bf16 rounding); else why not."""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    module = sys.modules.get(module_name)
+    if module is None or not hasattr(module, "apply_rotary_pos_emb"):
+        return f"Triton RoPE off: {module_name} has no apply_rotary_pos_emb"
+    try:
+        from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+        g = torch.Generator(device=device).manual_seed(0)
+        q0, k0 = (torch.randn(2, heads, 64, 128, device=device, generator=g).to(torch.bfloat16) for heads in (8, 2))
+        dq, dk = (torch.randn_like(t) for t in (q0, k0))
+        inv = 1.0 / (10000 ** (torch.arange(0, 128, 2, device=device).float() / 128))
+        freqs = torch.arange(64, device=device).float()[:, None] * inv[None]
+        angles = torch.cat([freqs, freqs], -1)[None].expand(2, 64, 128)
+        for dtype in (torch.float32, torch.bfloat16):
+            cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+            results = []
+            for fn in (module.apply_rotary_pos_emb, liger_rotary_pos_emb):
+                q, k = (t.clone().requires_grad_(True) for t in (q0, k0))
+                # transformers hands the kernel transposed views of the projections: do the same
+                qv, kv = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k))
+                oq, ok = fn(qv, kv, cos, sin)
+                torch.autograd.backward((oq.to(torch.bfloat16), ok.to(torch.bfloat16)), (dq, dk))
+                results.append((oq.detach().to(torch.bfloat16), ok.detach().to(torch.bfloat16), q.grad, k.grad))
+            for a, b in zip(*results):
+                torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use transformers' RoPE
+        return f"Triton RoPE off: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None

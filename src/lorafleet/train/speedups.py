@@ -7,7 +7,10 @@ order) and can be switched off through :class:`SpeedupSettings`:
 * ``fused_mlp``: the post-attention RMSNorm and the whole SwiGLU MLP run as one function that saves
   only its input, gate and up outputs (the seed stack saves or recomputes far more);
 * ``fused_elementwise``: RMSNorm and SiLU·mul (forward and backward) as single Triton kernels
-  (Liger's; checked against torch once per device, off with a note when missing or different);
+  (Liger's; checked against torch once per device, off with a note when missing or different), and
+  the LoRA dropout masks drawn inside one Triton kernel per pass instead of stored and multiplied
+  (``dropout_kernel.py``), and Liger's RoPE kernel in the fused attention (each checked once per
+  device as well);
 * ``checkpointing`` and ``micro_batch``: ``plan.py`` picks the largest micro-batch (rows per forward
   pass) that fits the memory budget, then the least recompute for it: none, attention only, or
   whole layers recomputed from inputs kept in pinned host memory (``"offload"``, what makes very
@@ -20,7 +23,9 @@ order) and can be switched off through :class:`SpeedupSettings`:
   output and with it the residual stream are then carried in bf16 instead of fp32: each residual add
   rounds to bf16, as in plain bf16 LoRA training. Not exact against the QLoRA seed stack, so
   ``lorafleet train`` leaves it off unless asked; it saves 2 bytes per embedding/head weight and
-  half the residual activations.
+  half the residual activations;
+* ``bf16_storage`` (only without ``frozen_bf16``): the frozen fp32 input embedding and output head
+  stored in bf16, exactly (``bf16_tables.py``): ~3 GB less at the Llama-8B shape.
 
 On a model without CUDA parameters ``apply_speedups`` changes nothing and says so.
 """
@@ -34,8 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lorafleet.train.bf16_tables import remove_embedding_hook, store_tables_in_bf16
 from lorafleet.train.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction, keep_dense_weights
-from lorafleet.train.kernels import triton_problem
+from lorafleet.train.kernels import dropout_problem, rope_problem, triton_problem, triton_rope
 from lorafleet.train.offload import OffloadedLayerFunction
 from lorafleet.train.plan import (
     MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Checkpointing, ModelDims, plan_micro_batch,
@@ -51,6 +57,7 @@ class SpeedupSettings:
     fused_elementwise: bool = True
     fused_cross_entropy: bool = True
     frozen_bf16: bool = True
+    bf16_storage: bool = True
     checkpointing: Checkpointing = "auto"
     micro_batch: int | None = None
 
@@ -64,8 +71,11 @@ class AppliedSpeedups:
     checkpointing: str = "hf"
     micro_batch: int = 1
     fused_elementwise: bool = False
+    triton_dropout: bool = False
+    triton_rope: bool = False
     fused_cross_entropy: bool = False
     frozen_bf16: bool = False
+    bf16_storage: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -90,7 +100,8 @@ def _fused_lora_forward(module: nn.Module, x: Tensor, *args, **kwargs) -> Tensor
     if parts is None or args or kwargs:
         return type(module).forward(module, x, *args, **kwargs)
     a, b, scale, p = parts
-    return LoraLinearFunction.apply(x, a, b, module.get_base_layer(), scale, p if module.training else 0.0)
+    return LoraLinearFunction.apply(x, a, b, module.get_base_layer(), scale, p if module.training else 0.0,
+                                    getattr(module, "_lorafleet_triton_dropout", False))
 
 
 def _fused_mlp(mlp: nn.Module, norm: nn.Module, h: Tensor) -> Tensor | None:
@@ -102,14 +113,15 @@ def _fused_mlp(mlp: nn.Module, norm: nn.Module, h: Tensor) -> Tensor | None:
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
     tensors = [t for part in parts for t in part[:2]]
     return NormLoraMLPFunction.apply(h, norm.weight, eps, bases, tuple(part[2] for part in parts), p, *tensors,
-                                     mlp._lorafleet_triton)
+                                     mlp._lorafleet_triton, getattr(mlp, "_lorafleet_triton_dropout", False))
 
 
 def _attention_block(layer: nn.Module, hidden_states: Tensor, **kwargs) -> Tensor:
     norm = layer.input_layernorm
     normed = RMSNormFunction.apply(hidden_states, norm.weight, getattr(norm, "variance_epsilon", 1e-6),
                                    layer._lorafleet_triton)
-    out, _ = layer.self_attn(hidden_states=normed, **kwargs)
+    with triton_rope(type(layer.self_attn).__module__, layer._lorafleet_rope):
+        out, _ = layer.self_attn(hidden_states=normed, **kwargs)
     return out
 
 
@@ -161,17 +173,20 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(getattr(decoder, "layers", []))
 
 
-def fuse_lora_linears(model: nn.Module) -> int:
-    """Route every eligible PEFT LoRA linear through ``LoraLinearFunction`` (any device); returns how many."""
+def fuse_lora_linears(model: nn.Module, triton_dropout: bool = False) -> int:
+    """Route every eligible PEFT LoRA linear through ``LoraLinearFunction`` (any device; ``triton_dropout``
+    only on CUDA after ``dropout_problem`` passed); returns how many."""
     count = 0
     for module in model.modules():
         if hasattr(module, "lora_A") and _lora_parts(module) is not None:
             module.forward = functools.partial(_fused_lora_forward, module)
+            module._lorafleet_triton_dropout = triton_dropout
             count += 1
     return count
 
 
-def fuse_layers(model: nn.Module, mode: Checkpointing, fused_mlp: bool = True, triton: bool = False) -> int:
+def fuse_layers(model: nn.Module, mode: Checkpointing, fused_mlp: bool = True, triton: bool = False,
+                triton_dropout: bool = False, rope: bool = False) -> int:
     """Replace each decoder layer's forward (any device; offload needs CUDA): fused norm + MLP when
     ``fused_mlp``, checkpointing ``mode``; returns the number of layers."""
     layers = _decoder_layers(model)
@@ -182,7 +197,9 @@ def fuse_layers(model: nn.Module, mode: Checkpointing, fused_mlp: bool = True, t
         layer._lorafleet_mode = mode
         layer._lorafleet_fused_mlp = fused_mlp
         layer._lorafleet_triton = triton
+        layer._lorafleet_rope = rope
         layer.mlp._lorafleet_triton = triton
+        layer.mlp._lorafleet_triton_dropout = triton_dropout
         layer.forward = functools.partial(_layer_forward, layer)
     return len(layers)
 
@@ -204,11 +221,15 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         applied.notes.append("not on CUDA: speed-ups off")
         return applied
     device = params[0].device
+    residual_bytes = _base(model).get_input_embeddings().weight.element_size()  # fp32 embeddings: fp32 stream
     if settings.frozen_bf16:
+        residual_bytes = 2
         for param in model.parameters():
             if not param.requires_grad and param.dtype == torch.float32:
                 param.data = param.data.to(torch.bfloat16)
                 applied.frozen_bf16 = True
+    elif settings.bf16_storage:
+        applied.bf16_storage = store_tables_in_bf16(_base(model))
     triton = False
     if settings.fused_elementwise:
         problem = triton_problem(device)
@@ -216,8 +237,13 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         if problem:
             applied.notes.append(problem)
     applied.fused_elementwise = triton
+    if settings.fused_elementwise:
+        problem = dropout_problem(device)
+        applied.triton_dropout = problem is None
+        if problem:
+            applied.notes.append(problem)
     if settings.fused_lora:
-        applied.fused_lora_layers = fuse_lora_linears(model)
+        applied.fused_lora_layers = fuse_lora_linears(model, applied.triton_dropout)
     layers = _decoder_layers(model)
     if settings.checkpointing != "hf" and layers and hasattr(layers[0], "self_attn"):
         if memory_budget_bytes is None:
@@ -229,11 +255,15 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         if settings.fused_cross_entropy and head is not None and head.weight.dtype != torch.bfloat16:
             fixed += 2 * head.weight.numel()  # the fused loss's bf16 copy of an fp32 head, made per pass
         fused_mlp = settings.fused_mlp and settings.fused_lora
-        residual_bytes = _base(model).get_input_embeddings().weight.element_size()  # fp32 embeddings: fp32 stream
         micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
                                        memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
                                        triton and fused_mlp, residual_bytes)
-        fused_layers = fuse_layers(model, mode, fused_mlp, triton)
+        if triton:
+            problem = rope_problem(device, type(layers[0].self_attn).__module__)
+            applied.triton_rope = problem is None
+            if problem:
+                applied.notes.append(problem)
+        fused_layers = fuse_layers(model, mode, fused_mlp, triton, applied.triton_dropout, applied.triton_rope)
         applied.fused_mlps = fused_layers if fused_mlp else 0
         applied.checkpointing, applied.micro_batch = mode, micro
     elif settings.micro_batch:
@@ -259,23 +289,30 @@ def describe(applied: AppliedSpeedups, rows: int) -> str:
     """One line for the training log: what ``apply_speedups`` turned on."""
     parts = [f"fused LoRA linears {applied.fused_lora_layers}", f"fused MLPs {applied.fused_mlps}",
              f"Triton elementwise {'on' if applied.fused_elementwise else 'off'}",
+             f"Triton dropout {'on' if applied.triton_dropout else 'off'}",
+             f"Triton RoPE {'on' if applied.triton_rope else 'off'}",
              f"checkpointing {applied.checkpointing}", f"micro-batch {applied.micro_batch} of {rows} rows",
              f"fused loss {'on' if applied.fused_cross_entropy else 'off'}",
-             f"frozen bf16 {'on' if applied.frozen_bf16 else 'off'}"]
+             f"frozen bf16 {'on' if applied.frozen_bf16 else 'off'}",
+             f"bf16 tables {'on' if applied.bf16_storage else 'off'}"]
     return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {note}" for note in applied.notes)
 
 
 def remove_speedups(model: nn.Module) -> None:
-    """Undo ``apply_speedups`` (instance forwards and checkpointing flags; dtypes stay as they are)."""
+    """Undo ``apply_speedups`` (instance forwards, checkpointing flags, the embedding's output cast;
+    dtypes stay as they are)."""
     for module in model.modules():
         if isinstance(module.__dict__.get("forward"), functools.partial):
             del module.forward
         if hasattr(module, "_lorafleet_saved_gc"):
             module.gradient_checkpointing = module._lorafleet_saved_gc
-            for name in ("_lorafleet_saved_gc", "_lorafleet_mode", "_lorafleet_fused_mlp", "_lorafleet_triton"):
+            for name in ("_lorafleet_saved_gc", "_lorafleet_mode", "_lorafleet_fused_mlp", "_lorafleet_triton",
+                         "_lorafleet_rope"):
                 delattr(module, name)
-        if hasattr(module, "_lorafleet_triton"):
-            del module._lorafleet_triton
+        for name in ("_lorafleet_triton", "_lorafleet_triton_dropout"):
+            if hasattr(module, name):
+                delattr(module, name)
+    remove_embedding_hook(_base(model))
     if hasattr(model, "_lorafleet_speedups"):
         del model._lorafleet_speedups
 

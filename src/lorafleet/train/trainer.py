@@ -172,9 +172,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: in
 
     params = [p for p in model.parameters() if p.requires_grad]
     if config.quantization == "nf4":
-        import bitsandbytes as bnb
+        from lorafleet.train.optim import paged_adamw_8bit
 
-        optimizer = bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = paged_adamw_8bit(params, lr=config.lr, weight_decay=config.weight_decay)  # one sync per step
     else:
         fused = params[0].device.type == "cuda"
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
