@@ -12,7 +12,8 @@ forward + 4r(in+out) backward; causal attention 2·S·H forward and twice that b
 "useful" TFLOP/s counts those once (the same work for every row); "hw" adds each row's recomputation.
 
     python3 benchmarks/train_gpu.py --out DIR [--context-search] [--layers N for a smoke run]
-        [--variants attention:2,none:1,exact]   (exact = (b) with frozen_bf16 off, as `lorafleet train`)
+        [--variants attention:2,none:1,exact,dropout,rope]   (exact = (b) with frozen_bf16 off, as
+        `lorafleet train`; dropout / rope = (b) with the opt-in triton_dropout / triton_rope on)
         [--profile [--profile-steps N]]   (per-kernel CUDA profile instead of the table, train_gpu_profile.py)
 
 Notes: what each change of the second round should do to (b) at seq 2048, micro-batch 2 (4,096 tokens
@@ -32,6 +33,12 @@ per pass), from memory traffic at ~3 TB/s on the H200 (predictions, to be checke
 Together: from ~548 ms to ~440 ms per step, i.e. ≈1.6-1.7× over (a); 2.0× is not expected from these.
 frozen_bf16 (bf16 residual stream, not exact against (a)) stays on in (b) as before; the `exact`
 variant shows the `lorafleet train` default (fp32 residual, 2 GB more weights, so a smaller plan).
+
+Round 4 (BENCHMARKS.md): `--profile` showed the GPU idle for ~30% of a micro-batch-2 step and half of a
+micro-batch-1 step (host launch bound), bitsandbytes syncing after every parameter in the optimizer,
+and ~0.7 ms per layer each for dropout masks and transformers' RoPE. Triton dropout + Liger RoPE + a
+one-sync optimizer were predicted at ≈1.9× and measured 1.48× together; they are opt-in (`dropout`,
+`rope` variants) or removed until measured apart.
 """
 
 from __future__ import annotations
@@ -137,11 +144,7 @@ def setup_row(model, quantized: bool, fast: bool):
                                             use_rslora=True, task_type="CAUSAL_LM"))
     peft.train()
     params = [p for p in peft.parameters() if p.requires_grad]
-    if quantized and fast:  # lorafleet's: the same paged 8-bit AdamW, one device sync per step (optim.py)
-        from lorafleet.train.optim import paged_adamw_8bit
-
-        opt = paged_adamw_8bit(params, lr=LR, weight_decay=0.0)
-    elif quantized:
+    if quantized:
         import bitsandbytes as bnb
 
         opt = bnb.optim.PagedAdamW8bit(params, lr=LR, weight_decay=0.0)
@@ -185,7 +188,8 @@ def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) ->
 
 
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_total: int | None = None,
-            checkpointing: str = "auto", micro: int | None = None, frozen_bf16: bool = True) -> tuple[dict, nn.Module]:
+            checkpointing: str = "auto", micro: int | None = None, frozen_bf16: bool = True,
+            **switches) -> tuple[dict, nn.Module]:
     peft, params, opt = setup_row(model, quantized, fast)
     batch, seq = data[0][0].shape
     applied = None
@@ -193,7 +197,8 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
         # The plan: the largest micro-batch whose estimated peak (weights after the dtype change +
         # trainable state + activations + 512 MiB margin) stays within (a)'s measured peak.
         torch.cuda.synchronize()
-        settings = S.SpeedupSettings(checkpointing=checkpointing, micro_batch=micro, frozen_bf16=frozen_bf16)
+        settings = S.SpeedupSettings(checkpointing=checkpointing, micro_batch=micro, frozen_bf16=frozen_bf16,
+                                     **switches)
         applied = S.apply_speedups(peft, settings, seq, rows=batch, memory_budget_bytes=budget_total)
         micro = applied.micro_batch
     micro = micro or batch
@@ -331,6 +336,11 @@ def main() -> None:
             budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
             results["b-exact"], model = run_row("(b) exact: fp32 residual", model, True, True, data, args, budget,
                                                 frozen_bf16=False)
+            continue
+        if variant in ("dropout", "rope"):  # (b) with one opt-in Triton kernel on, to measure it alone
+            budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
+            results[f"b-{variant}"], model = run_row(f"(b) + triton_{variant}", model, True, True, data, args, budget,
+                                                     **{f"triton_{variant}": True})
             continue
         mode, micro = variant.split(":")
         results[f"b-{variant}"], model = run_row(f"(b) {mode} micro {micro}", model, True, True, data, args,

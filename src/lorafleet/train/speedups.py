@@ -7,10 +7,12 @@ order) and can be switched off through :class:`SpeedupSettings`:
 * ``fused_mlp``: the post-attention RMSNorm and the whole SwiGLU MLP run as one function that saves
   only its input, gate and up outputs (the seed stack saves or recomputes far more);
 * ``fused_elementwise``: RMSNorm and SiLU·mul (forward and backward) as single Triton kernels
-  (Liger's; checked against torch once per device, off with a note when missing or different), and
-  the LoRA dropout masks drawn inside one Triton kernel per pass instead of stored and multiplied
-  (``dropout_kernel.py``), and Liger's RoPE kernel in the fused attention (each checked once per
-  device as well);
+  (Liger's; checked against torch once per device, off with a note when missing or different);
+* ``triton_dropout`` and ``triton_rope`` (opt-in, need ``fused_elementwise``): the LoRA dropout masks
+  drawn inside one Triton kernel per pass instead of stored and multiplied (``dropout_kernel.py``),
+  and Liger's RoPE kernel in the fused attention, each checked once per device. Off by default: the
+  H200 run that turned both on (with an optimizer change since removed) was slower, 1.48× against
+  1.61× (BENCHMARKS.md, round 4), and they have not been measured apart yet;
 * ``checkpointing`` and ``micro_batch``: ``plan.py`` picks the largest micro-batch (rows per forward
   pass) that fits the memory budget, then the least recompute for it: none, attention only, or
   whole layers recomputed from inputs kept in pinned host memory (``"offload"``, what makes very
@@ -58,6 +60,8 @@ class SpeedupSettings:
     fused_cross_entropy: bool = True
     frozen_bf16: bool = True
     bf16_storage: bool = True
+    triton_dropout: bool = False  # opt-in: slower together with triton_rope on the H200 (round 4)
+    triton_rope: bool = False
     checkpointing: Checkpointing = "auto"
     micro_batch: int | None = None
 
@@ -237,7 +241,7 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         if problem:
             applied.notes.append(problem)
     applied.fused_elementwise = triton
-    if settings.fused_elementwise:
+    if settings.fused_elementwise and settings.triton_dropout:
         problem = dropout_problem(device)
         applied.triton_dropout = problem is None
         if problem:
@@ -258,7 +262,7 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
                                        memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
                                        triton and fused_mlp, residual_bytes)
-        if triton:
+        if triton and settings.triton_rope:
             problem = rope_problem(device, type(layers[0].self_attn).__module__)
             applied.triton_rope = problem is None
             if problem:

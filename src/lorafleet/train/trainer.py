@@ -172,9 +172,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: in
 
     params = [p for p in model.parameters() if p.requires_grad]
     if config.quantization == "nf4":
-        from lorafleet.train.optim import paged_adamw_8bit
+        import bitsandbytes as bnb
 
-        optimizer = paged_adamw_8bit(params, lr=config.lr, weight_decay=config.weight_decay)  # one sync per step
+        optimizer = bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         fused = params[0].device.type == "cuda"
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
