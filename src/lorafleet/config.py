@@ -65,6 +65,13 @@ class TrainConfig(BaseModel):
         description="CUDA QLoRA: keep frozen embeddings/norms/head in bf16 (saves memory; the residual stream is then "
         "bf16 instead of fp32, so results differ slightly from plain PEFT)",
     )
+    bf16_storage: bool = Field(
+        True, description="CUDA QLoRA: store the frozen fp32 embedding/head in bf16 when their values are bf16 (exact; saves memory)"
+    )
+    triton_dropout: bool = Field(
+        False, description="CUDA: draw LoRA dropout masks inside a Triton kernel (opt-in: measured slower on the H200)"
+    )
+    triton_rope: bool = Field(False, description="CUDA: Liger's RoPE kernel in the fused attention (opt-in: measured slower)")
     checkpointing: Checkpointing = Field(
         "auto",
         description="CUDA: what to recompute in backward. auto = least recompute that fits the memory at the largest "

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_cuda_config_shows_every_switch():
     config = load_train_config(ROOT / "configs" / "qlora-cuda.yaml")
     text = (ROOT / "configs" / "qlora-cuda.yaml").read_text()
-    for name in ("fused_lora", "fused_mlp", "fused_elementwise", "fused_cross_entropy", "frozen_bf16", "checkpointing",
-                 "micro_batch"):
+    for name in ("fused_lora", "fused_mlp", "fused_elementwise", "fused_cross_entropy", "frozen_bf16", "bf16_storage",
+                 "triton_dropout", "triton_rope", "checkpointing", "micro_batch"):
         assert f"\n{name}:" in text
     assert settings_for(config) == SpeedupSettings(frozen_bf16=False)  # all on but the inexact one, planned
 
@@ -36,6 +36,8 @@ def test_switches_map_and_validate(tmp_path: Path):
     assert settings.checkpointing == "hf" and settings.micro_batch == 2 and not settings.fused_mlp
     assert not settings.frozen_bf16  # only for a QLoRA base
     assert settings_for(config.model_copy(update={"quantization": "nf4"})).frozen_bf16
+    switched = settings_for(load_train_config(None, {"bf16_storage": False, "triton_dropout": True, "triton_rope": True}))
+    assert (switched.bf16_storage, switched.triton_dropout, switched.triton_rope) == (False, True, True)
     with pytest.raises(ConfigError, match="micro_batch"):
         load_train_config(None, {"micro_batch": 0})
     with pytest.raises(ConfigError, match="checkpointing"):

@@ -284,6 +284,7 @@ def settings_for(config) -> SpeedupSettings:
         fused_lora=config.fused_lora, fused_mlp=config.fused_mlp, fused_elementwise=config.fused_elementwise,
         fused_cross_entropy=config.fused_cross_entropy,
         frozen_bf16=config.frozen_bf16 and config.quantization == "nf4",
+        bf16_storage=config.bf16_storage, triton_dropout=config.triton_dropout, triton_rope=config.triton_rope,
         checkpointing="hf" if config.checkpointing == "full" else config.checkpointing,
         micro_batch=None if config.micro_batch == "auto" else int(config.micro_batch),
     )
