@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lorafleet.data.dataset import IGNORE_INDEX
 from lorafleet.train.bf16_tables import remove_embedding_hook, store_tables_in_bf16
 from lorafleet.train.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction, keep_dense_weights
 from lorafleet.train.kernels import dropout_problem, rope_problem, triton_problem, triton_rope
@@ -328,24 +329,25 @@ def _liger_loss():
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     except ImportError:
         return None
-    return LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="sum")
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def causal_lm_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor, fused: bool = True,
-                       **model_kwargs) -> tuple[Tensor, int]:
-    """(sum of next-token cross-entropy over labelled positions, number of them): labels are shifted
-    here, -100 is ignored. ``fused`` uses Liger's chunked kernel on CUDA when installed, which never
+                       **model_kwargs) -> tuple[Tensor, Tensor]:
+    """(sum of next-token cross-entropy over labelled positions, number of them as a tensor, so that
+    no host sync is forced): labels are shifted here, IGNORE_INDEX positions carry no loss.
+    ``fused`` uses Liger's chunked kernel on CUDA when installed, which never
     builds the logits; otherwise the logits are built and the loss taken in fp32."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(input_ids=input_ids, **model_kwargs).last_hidden_state  # (batch, seq, hidden)
     head = base.get_output_embeddings()
     flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     target = labels[:, 1:].reshape(-1)
-    count = int((target != -100).sum())
+    count = (target != IGNORE_INDEX).sum()
     liger = _liger_loss() if fused and flat.is_cuda else None
     if liger is not None:
         weight = head.weight
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else flat.dtype
         return liger(weight.to(dtype), flat.to(dtype), target), count
     logits = head(flat).float()  # (tokens, vocab)
-    return nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum"), count
+    return nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum"), count
