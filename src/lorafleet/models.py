@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from lorafleet import atomic
 from lorafleet.paths import cache_dir
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
@@ -179,9 +180,7 @@ def _fingerprints(path: Path) -> dict[str, str]:
     tokenizer = _tokenizer_digest(path)
     fingerprints = {"model": _model_digest(path, tokenizer) if (path / "config.json").is_file() else "", "tokenizer": tokenizer}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(fingerprints))
-    os.replace(partial, cache_file)
+    atomic.write_text(cache_file, json.dumps(fingerprints))
     return fingerprints
 
 

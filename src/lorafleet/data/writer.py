@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lorafleet.atomic import replace_dir
 from lorafleet.data.dataset import REJECTED_NAME, REPORT_NAME, SCHEMA, SPLITS, split_path
 from lorafleet.data.formats import RejectedLine
 from lorafleet.data.template import Encoded
@@ -88,9 +88,5 @@ class DatasetWriter:
 
 def publish(staging: Path, out: Path) -> None:
     """Move the finished staging folder to `out`, replacing an earlier prepared dataset there."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        check_out_dir(out)
-        os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+    check_out_dir(out)
+    replace_dir(staging, out)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lorafleet import atomic
 
 MANIFEST_NAME = "lorafleet.json"
 FORMAT_VERSION = 1
@@ -96,9 +97,7 @@ def file_checksums(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write `lorafleet.json` into `folder` atomically (temp file + rename); returns its path."""
     path = Path(folder) / MANIFEST_NAME
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic.write_text(path, manifest.model_dump_json(indent=2) + "\n")
     return path
 
 

@@ -11,12 +11,12 @@ go to `runs/my-adapter.tensorboard/`, next to the artifact, so they outlive the 
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from lorafleet.atomic import replace_dir
 from lorafleet.train.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -90,21 +90,9 @@ def write_artifact(paths: RunPaths, peft_model, tokenizer, manifest_fields: dict
         raise RuntimeError(f"PEFT did not write {missing}; refusing to publish an incomplete artifact")
     manifest = Manifest(files=file_checksums(folder), **manifest_fields)
     write_manifest(folder, manifest)
-    publish(folder, paths.out)
+    replace_dir(folder, paths.out)
     shutil.rmtree(paths.staging, ignore_errors=True)
     return manifest
-
-
-def publish(folder: Path, out: Path) -> None:
-    """Rename `folder` to `out`, replacing whatever `out` held (check_output already allowed it)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.rename(out, trash)
-        os.rename(folder, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(folder, out)
 
 
 def library_versions() -> dict[str, str]:
