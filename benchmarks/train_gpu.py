@@ -173,7 +173,7 @@ def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) ->
         for lo in range(0, ids.shape[0], micro):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 if fast:
-                    loss_sum, _ = S.causal_lm_loss_sum(peft, ids[lo:lo + micro], labels[lo:lo + micro])
+                    loss_sum, _ = S.hidden_state_loss_sum(peft, ids[lo:lo + micro], labels[lo:lo + micro])
                     loss = loss_sum / n_total
                 else:
                     loss = peft(input_ids=ids[lo:lo + micro], labels=labels[lo:lo + micro]).loss

@@ -180,7 +180,7 @@ def test_torch_elementwise_kernels_match_autograd_in_float64():
 
 
 def _loss_and_grads(model, ids, labels) -> tuple[float, dict]:
-    total, count = S.causal_lm_loss_sum(model, ids, labels)
+    total, count = S.hidden_state_loss_sum(model, ids, labels)
     (total / count).backward()
     return float(total.detach() / count), lora_grads(model)
 
@@ -220,7 +220,7 @@ def run_steps(model, fast: bool, ids, labels, steps: int = 3) -> tuple[list[floa
     for _ in range(steps):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if fast:
-                total, count = S.causal_lm_loss_sum(model, ids, labels)
+                total, count = S.hidden_state_loss_sum(model, ids, labels)
                 loss = total / count
             else:
                 loss = model(input_ids=ids, labels=labels).loss

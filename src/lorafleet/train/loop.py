@@ -50,7 +50,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     best_adapter: dict[str, torch.Tensor] | None = None
     micro_batch: int | None = None  # rows per forward pass (None = the whole micro-batch); CUDA speed-ups set it
-    fused_loss: bool = False  # loss from hidden states in chunks (speedups.causal_lm_loss_sum), never the logits
+    fused_loss: bool = False  # loss from hidden states in chunks (speedups.hidden_state_loss_sum), never the logits
 
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(s.input_ids) for s in self.train]
@@ -92,10 +92,10 @@ def _token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token loss of one forward pass (its backward graph included)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if run.fused_loss:
-        from lorafleet.train.speedups import causal_lm_loss_sum as fused_loss_sum
+        from lorafleet.train.speedups import hidden_state_loss_sum
 
         with _autocast(run):
-            return fused_loss_sum(run.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
+            return hidden_state_loss_sum(run.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
     with _autocast(run):
         logits = run.forward_model(**inputs, use_cache=False).logits
     return causal_lm_loss_sum(logits, batch["labels"])

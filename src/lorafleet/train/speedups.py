@@ -332,7 +332,7 @@ def _liger_loss():
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def causal_lm_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor, fused: bool = True,
+def hidden_state_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor, fused: bool = True,
                        **model_kwargs) -> tuple[Tensor, Tensor]:
     """(sum of next-token cross-entropy over labelled positions, number of them as a tensor, so that
     no host sync is forced): labels are shifted here, IGNORE_INDEX positions carry no loss.
