@@ -129,7 +129,7 @@ def flops_per_token(cfg, seq: int, recompute: str) -> tuple[float, float]:
     return useful, useful + layers * extra
 
 
-def setup_row(model, quantized: bool, fast: bool):
+def setup_row(model, quantized: bool, fast: bool, paged: bool = True):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -147,7 +147,12 @@ def setup_row(model, quantized: bool, fast: bool):
     if quantized:
         import bitsandbytes as bnb
 
-        opt = bnb.optim.PagedAdamW8bit(params, lr=LR, weight_decay=0.0)
+        if paged:
+            opt = bnb.optim.PagedAdamW8bit(params, lr=LR, weight_decay=0.0)
+        else:  # lorafleet's: the same update, state in device memory, no GPU sync per parameter
+            from lorafleet.train.optim import AdamW8bit
+
+            opt = AdamW8bit(params, lr=LR, weight_decay=0.0)
     else:
         opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     return peft, params, opt
@@ -161,16 +166,33 @@ def teardown_row(peft) -> nn.Module:
     return model
 
 
-def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) -> tuple[list[float], float]:
-    """Runs one optimizer step per data item; returns (losses, seconds for the steps after warmup)."""
+def graphed_passes(peft, params):
+    """lorafleet's CUDA-graph pass runner (``lorafleet.train.graphs``) over the fused loss."""
+    from lorafleet.train.graphs import PassGraphs
+
+    def loss_fn(inputs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return S.hidden_state_loss_sum(peft, inputs["input_ids"], inputs["labels"])[0]
+    return PassGraphs(loss_fn, params)
+
+
+def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int, graphs=None,
+                on_warm=None) -> tuple[list[float], float]:
+    """Runs one optimizer step per data item; returns (losses, seconds for the steps after warmup).
+    ``graphs``: a PassGraphs runner does each pass (grads then stay allocated, zeroed in place)."""
     losses, start = [], None
     for step, (ids, labels) in enumerate(data):
         if step == warmup:
+            if on_warm:
+                on_warm()
             torch.cuda.synchronize()
             start = time.perf_counter()
         n_total = int((labels[:, 1:] != -100).sum())
         total = 0.0
         for lo in range(0, ids.shape[0], micro):
+            if graphs is not None:
+                total += graphs.run({"input_ids": ids[lo:lo + micro], "labels": labels[lo:lo + micro]}, 1.0 / n_total)
+                continue
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 if fast:
                     loss_sum, _ = S.hidden_state_loss_sum(peft, ids[lo:lo + micro], labels[lo:lo + micro])
@@ -181,16 +203,16 @@ def train_steps(peft, params, opt, data, micro: int, fast: bool, warmup: int) ->
             total += loss.detach()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(total))
+        opt.zero_grad(set_to_none=graphs is None)
+        losses.append(float(total) / (n_total if graphs is not None else 1))
     torch.cuda.synchronize()
     return losses, time.perf_counter() - start if start is not None else float("nan")
 
 
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_total: int | None = None,
             checkpointing: str = "auto", micro: int | None = None, frozen_bf16: bool = True,
-            **switches) -> tuple[dict, nn.Module]:
-    peft, params, opt = setup_row(model, quantized, fast)
+            graphs: bool = False, paged: bool = True, **switches) -> tuple[dict, nn.Module]:
+    peft, params, opt = setup_row(model, quantized, fast, paged)
     batch, seq = data[0][0].shape
     applied = None
     if fast:
@@ -202,17 +224,27 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
         applied = S.apply_speedups(peft, settings, seq, rows=batch, memory_budget_bytes=budget_total)
         micro = applied.micro_batch
     micro = micro or batch
+    runner = graphed_passes(peft, params) if graphs else None
+
+    def warm():  # after the warm-up steps (graphs captured): the timed steps' memory alone
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    losses, seconds = train_steps(peft, params, opt, data, micro, fast, args.warmup)
-    peak = torch.cuda.max_memory_allocated()
+    losses, seconds = train_steps(peft, params, opt, data, micro, fast, args.warmup, runner, warm)
+    # A graph's pool stays reserved between replays and is not counted as allocated, so a graphed
+    # row's peak is its reserved peak (an upper bound: it includes the allocator's cached blocks).
+    peak = torch.cuda.max_memory_reserved() if graphs else torch.cuda.max_memory_allocated()
+    reserved = torch.cuda.max_memory_reserved()
     timed = len(data) - args.warmup
     tps = batch * seq * timed / seconds
     mode = applied.checkpointing if applied else "hf"
     useful, hw = flops_per_token(peft.get_base_model().config, seq, mode)
     row = dict(row=name, quantized=quantized, fast=fast, micro_batch=micro, batch=batch, checkpointing=mode,
-               tokens_per_s=tps, peak_gb=peak / 1e9, useful_tflops=tps * useful / 1e12, hw_tflops=tps * hw / 1e12,
+               graphs=bool(graphs), replays=runner.replays if runner else 0, paged_optimizer=paged,
+               tokens_per_s=tps, peak_gb=peak / 1e9, reserved_gb=reserved / 1e9, useful_tflops=tps * useful / 1e12, hw_tflops=tps * hw / 1e12,
                losses=losses, applied=applied.__dict__ if applied else None)
     print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
     del opt, params
@@ -337,6 +369,17 @@ def main() -> None:
             results["b-exact"], model = run_row("(b) exact: fp32 residual", model, True, True, data, args, budget,
                                                 frozen_bf16=False)
             continue
+        if variant.startswith("graphs"):  # graphs[-bf16][-rope]: CUDA graphs, no-sync optimizer, no recompute
+            budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
+            results[f"b-{variant}"], model = run_row(
+                f"(b) {variant}", model, True, True, data, args, budget, "none", None,
+                frozen_bf16="bf16" in variant, graphs=True, paged=False, triton_rope="rope" in variant)
+            continue
+        if variant == "nosync":  # the exact default with only the optimizer changed
+            budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
+            results["b-nosync"], model = run_row("(b) exact + no-sync optimizer", model, True, True, data, args,
+                                                 budget, frozen_bf16=False, paged=False)
+            continue
         if variant in ("dropout", "rope"):  # (b) with one opt-in Triton kernel on, to measure it alone
             budget = results["a"]["peak_gb"] * 1e9 if "a" in results else None
             results[f"b-{variant}"], model = run_row(f"(b) + triton_{variant}", model, True, True, data, args, budget,
@@ -362,12 +405,14 @@ def main() -> None:
 def print_table(report: dict) -> None:
     res = report["results"]
     print(f"\n{report['device']}  torch {report['torch']}  {report['date']}")
-    print(f"{'row':28} {'micro':>5} {'ckpt':>9} {'tok/s':>8} {'peak GB':>8} {'useful TF/s':>11} {'hw TF/s':>8} {'ratio':>6}")
+    print(f"{'row':28} {'micro':>5} {'ckpt':>9} {'graphs':>6} {'tok/s':>8} {'peak GB':>8} {'rsvd GB':>8} "
+          f"{'useful TF/s':>11} {'hw TF/s':>8} {'ratio':>6}")
     for key, row in res.items():
         base = res.get("a" if row["quantized"] else "c")
         ratio = row["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
-        print(f"{row['row']:28} {row['micro_batch']:>5} {row['checkpointing']:>9} {row['tokens_per_s']:>8.0f} "
-              f"{row['peak_gb']:>8.1f} {row['useful_tflops']:>11.0f} {row['hw_tflops']:>8.0f} {ratio:>6.2f}")
+        print(f"{row['row']:28} {row['micro_batch']:>5} {row['checkpointing']:>9} {str(row.get('graphs', False)):>6} "
+              f"{row['tokens_per_s']:>8.0f} {row['peak_gb']:>8.1f} {row.get('reserved_gb', float('nan')):>8.1f} "
+              f"{row['useful_tflops']:>11.0f} {row['hw_tflops']:>8.0f} {ratio:>6.2f}")
     if "a" in res and "b" in res:
         la, lb = res["a"]["losses"], res["b"]["losses"]
         diff = max(abs(x - y) for x, y in zip(la, lb))

@@ -280,11 +280,9 @@ def test_triton_elementwise_kernels_match_torch_at_the_llama_8b_width():
     torch.testing.assert_close(rms_norm_grad(dx3, h3, w, state3), rms_norm_grad(dx, h, w, state).view(2, 128, 4096))
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_speedups_with_dropout_and_nf4_train_and_are_reproducible():
+def nf4_tiny_llama() -> LlamaForCausalLM:
+    """The tiny Llama on CUDA with its decoder linears as bitsandbytes NF4 (skips without bitsandbytes)."""
     bnb = pytest.importorskip("bitsandbytes", reason="NF4 needs bitsandbytes")
-    ids, labels = batch("cuda")
     base = tiny_llama(torch.bfloat16, "cuda")
     for layer in base.model.layers:
         for parent in (layer.self_attn, layer.mlp):
@@ -292,9 +290,18 @@ def test_speedups_with_dropout_and_nf4_train_and_are_reproducible():
                 if isinstance(sub, torch.nn.Linear):
                     q = bnb.nn.Linear4bit(sub.in_features, sub.out_features, bias=False, compute_dtype=torch.bfloat16,
                                           quant_type="nf4", device="meta")
-                    q.weight = bnb.nn.Params4bit(sub.weight.data, requires_grad=False, quant_type="nf4").to("cuda")
+                    q.weight = bnb.nn.Params4bit(sub.weight.data, requires_grad=False, quant_type="nf4",
+                                                 compress_statistics=True).to("cuda")
                     setattr(parent, name, q)
     base.is_loaded_in_4bit = True
+    return base
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_speedups_with_dropout_and_nf4_train_and_are_reproducible():
+    ids, labels = batch("cuda")
+    base = nf4_tiny_llama()
     runs = []
     for _ in range(2):
         model = with_lora(copy.deepcopy(base), dropout=0.1)
@@ -383,3 +390,91 @@ def test_triton_rope_matches_transformers_and_is_scoped():
     with triton_rope(name):
         assert modeling_llama.apply_rotary_pos_emb is not original
     assert modeling_llama.apply_rotary_pos_emb is original  # only inside the fused attention call
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_device_seed_draws_the_mask_of_its_host_value():
+    pytest.importorskip("triton", reason="the dropout kernel is Triton")
+    from lorafleet.train import dropout_kernel
+
+    x = torch.randn(5, 1000, device="cuda")
+    seed = 2**40 + 7
+    on_device = torch.tensor([seed], device="cuda", dtype=torch.int64)
+    assert torch.equal(dropout_kernel.dropped(x, 0.3, seed), dropout_kernel.dropped(x, 0.3, on_device))
+    t = torch.randn_like(x)
+    assert torch.equal(dropout_kernel.add_dropped_(x.clone(), t, 0.3, seed),
+                       dropout_kernel.add_dropped_(x.clone(), t, 0.3, on_device))
+    with pytest.raises(ValueError, match="int64"):
+        dropout_kernel.dropped(x, 0.3, on_device.int())
+
+
+def _graph_runner(model, capture_after: int):
+    from lorafleet.train.graphs import PassGraphs
+
+    def loss_fn(inputs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return S.hidden_state_loss_sum(model, inputs["input_ids"], inputs["labels"])[0]
+    return PassGraphs(loss_fn, [p for p in model.parameters() if p.requires_grad], capture_after=capture_after)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graph_replays_compute_what_eager_passes_compute_on_nf4():
+    """Dropout off: three passes through a captured graph (the first eager, then two replays) give
+    the losses and accumulated gradients of three eager passes."""
+    pytest.importorskip("triton", reason="graphed passes draw dropout masks with Triton")
+    ids, labels = batch("cuda")
+    base = nf4_tiny_llama()
+    results = []
+    for capture_after in (10**6, 1):  # never captured; captured after its first (eager) pass
+        model = with_lora(copy.deepcopy(base))
+        applied = S.apply_speedups(model, S.SpeedupSettings(checkpointing="none"), ids.shape[1], rows=2)
+        assert applied.checkpointing == "none" and applied.fused_cross_entropy
+        runner = _graph_runner(model, capture_after)
+        losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.01)) for _ in range(3)]
+        results.append((losses, lora_grads(model), runner))
+    (eager_losses, eager_grads, eager), (losses, grads, graphed) = results
+    assert eager.replays == 0 and graphed.replays == 2 and len(graphed.graphs) == 1
+    assert losses == pytest.approx(eager_losses, rel=1e-6)
+    assert max_rel_err(eager_grads, grads) < 1e-5  # three passes' gradients added up, in the same tensors
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graph_replays_draw_new_dropout_masks():
+    pytest.importorskip("triton", reason="graphed passes draw dropout masks with Triton")
+    ids, labels = batch("cuda")
+    model = with_lora(tiny_llama(torch.bfloat16, "cuda"), dropout=0.3)
+    S.apply_speedups(model, S.SpeedupSettings(checkpointing="none"), ids.shape[1], rows=2)
+    runner = _graph_runner(model, 1)
+    losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.0)) for _ in range(4)]
+    assert runner.replays == 3
+    assert len(set(losses[1:])) == 3  # same batch, fresh masks at every replay
+    model.eval()  # no dropout: the loss every replay scatters around
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        clean = float(S.hidden_state_loss_sum(model, ids, labels)[0])
+    assert all(abs(loss - clean) / clean < 0.2 for loss in losses)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_unsynced_adamw8bit_updates_exactly_like_paged_adamw8bit():
+    bnb = pytest.importorskip("bitsandbytes", reason="the 8-bit optimizers are bitsandbytes'")
+    from lorafleet.train.optim import AdamW8bit
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(32, 4096), (14336, 32), (8, 8)]  # 8-bit state, and one below the 8-bit size floor
+    start = [torch.randn(s, device="cuda", generator=g) for s in shapes]
+    grads = [[torch.randn(s, device="cuda", generator=g) for s in shapes] for _ in range(3)]
+    finals = []
+    for cls in (bnb.optim.PagedAdamW8bit, AdamW8bit):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=1e-2, weight_decay=0.01)
+        for step in grads:
+            for p, grad in zip(params, step):
+                p.grad = grad.clone()
+            opt.step()
+        finals.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*finals))
+    assert not any(torch.equal(a, b) for a, b in zip(finals[1], start))

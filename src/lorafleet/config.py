@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
         True, description="CUDA: RMSNorm and SiLU·mul as Triton kernels (liger-kernel; off with a note if it fails its check)"
     )
     fused_cross_entropy: bool = Field(
-        True, description="CUDA, one process: loss from hidden states in chunks, never building the logits (liger-kernel)"
+        True, description="CUDA, one process: loss from hidden states in chunks, never building the logits"
     )
     frozen_bf16: bool = Field(
         False,

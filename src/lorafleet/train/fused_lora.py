@@ -68,9 +68,30 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
 
 
-def new_seed() -> int:
+@contextlib.contextmanager
+def device_seeds():
+    """Within this block dropout seeds are drawn on the device (``dropout_kernel.device_seed``) and the
+    masks by the Triton kernel: what CUDA-graph capture needs (``graphs.py``), since a seed drawn on the
+    host would be frozen into the graph and every replay would drop the same elements."""
+    previous = getattr(_LOCAL, "device_seeds", False)
+    _LOCAL.device_seeds = True
+    try:
+        yield
+    finally:
+        _LOCAL.device_seeds = previous
+
+
+Seed = int | Tensor  # a host int (torch or Triton masks) or a one-element device tensor (Triton masks)
+
+
+def new_seed(device: torch.device | None = None) -> Seed:
     """A dropout seed drawn from torch's CPU generator: reproducible under ``torch.manual_seed`` and
-    restored by checkpoint recomputation (which saves and restores the CPU RNG state)."""
+    restored by checkpoint recomputation (which saves and restores the CPU RNG state). Inside
+    ``device_seeds`` (and given the CUDA ``device``): a device tensor from the default CUDA generator."""
+    if device is not None and device.type == "cuda" and getattr(_LOCAL, "device_seeds", False):
+        from lorafleet.train import dropout_kernel
+
+        return dropout_kernel.device_seed(device)
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
@@ -83,16 +104,17 @@ def keep_mask(x: Tensor, p: float, seed: int) -> Tensor:
     return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
 
 
-def dropped(x: Tensor, p: float, seed: int, triton: bool = False) -> Tensor:
-    """x * keep_mask(x, p, seed) (no rescale); ``triton``: the mask drawn in the kernel, never stored."""
-    if triton:
+def dropped(x: Tensor, p: float, seed: Seed, triton: bool = False) -> Tensor:
+    """x * keep_mask(x, p, seed) (no rescale); ``triton`` (always for a device seed): the mask drawn in
+    the kernel, never stored."""
+    if triton or isinstance(seed, Tensor):
         from lorafleet.train import dropout_kernel
 
         return dropout_kernel.dropped(x, p, seed)
     return x * keep_mask(x, p, seed)
 
 
-def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: int,
+def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: Seed,
                   bias: Tensor | None, triton: bool = False) -> tuple[Tensor, Tensor]:
     """y = x @ w.T + scale * (dropout(x) @ a.T) @ b.T (+ bias); returns (y, low) with low (tokens, r)."""
     if p > 0:
@@ -108,10 +130,10 @@ def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: f
 
 
 def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float,
-                   p: float, seed: int, need_dx: bool, triton: bool = False) -> tuple[Tensor | None, Tensor, Tensor]:
+                   p: float, seed: Seed, need_dx: bool, triton: bool = False) -> tuple[Tensor | None, Tensor, Tensor]:
     """Gradients of ``_lora_forward`` for x (if need_dx), a and b; the base weight gets none."""
     grad_b = (dy.t() @ low) * scale  # (out, r)
-    if p > 0 and triton:
+    if p > 0 and (triton or isinstance(seed, Tensor)):
         from lorafleet.train import dropout_kernel
 
         d_low = (dy @ b) * (scale / (1.0 - p))
@@ -144,7 +166,7 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lora_a: Tensor, lora_b: Tensor, base: nn.Module, scale: float, p: float,
                 triton_dropout: bool = False):
-        seed = new_seed()
+        seed = new_seed(x.device) if p > 0 else 0
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (tokens, in)
@@ -204,7 +226,7 @@ class NormLoraMLPFunction(torch.autograd.Function):
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
                 ad: Tensor, bd: Tensor, triton: bool = False, triton_dropout: bool = False):
         dtype = compute_dtype(h)
-        seeds = (new_seed(), new_seed(), new_seed())
+        seeds = tuple(new_seed(h.device) if p > 0 else 0 for _ in range(3))
         h = h.contiguous()
         keep = _keeping_dense()
         kept: list[Tensor] = []

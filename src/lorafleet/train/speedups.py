@@ -18,8 +18,8 @@ order) and can be switched off through :class:`SpeedupSettings`:
   whole layers recomputed from inputs kept in pinned host memory (``"offload"``, what makes very
   long contexts train); ``"hf"`` leaves transformers' own choice. Recomputed regions keep the weights
   their recomputation dequantized for that layer's backward (one NF4 dequantization fewer per weight);
-* ``fused_cross_entropy``: Liger's fused linear cross-entropy computes the loss from hidden states in
-  chunks, never building the (tokens, vocab) logits (needs liger-kernel; falls back when missing);
+* ``fused_cross_entropy``: the loss is computed from hidden states in chunks, never building the
+  (tokens, vocab) logits (``linear_ce.py``: no host sync, so CUDA graphs can capture it);
 * ``frozen_bf16``: frozen embeddings, norms and head that ``prepare_model_for_kbit_training`` upcast
   to fp32 go back to bf16. The weight values were bf16, so they do not change, but the embedding
   output and with it the residual stream are then carried in bf16 instead of fp32: each residual add
@@ -45,6 +45,7 @@ from lorafleet.data.dataset import IGNORE_INDEX
 from lorafleet.train.bf16_tables import remove_embedding_hook, store_tables_in_bf16
 from lorafleet.train.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction, keep_dense_weights
 from lorafleet.train.kernels import dropout_problem, rope_problem, triton_problem, triton_rope
+from lorafleet.train.linear_ce import linear_cross_entropy_sum
 from lorafleet.train.offload import OffloadedLayerFunction
 from lorafleet.train.plan import (
     MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Checkpointing, ModelDims, plan_micro_batch,
@@ -273,7 +274,7 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         applied.checkpointing, applied.micro_batch = mode, micro
     elif settings.micro_batch:
         applied.micro_batch = settings.micro_batch
-    applied.fused_cross_entropy = settings.fused_cross_entropy and _liger_loss() is not None
+    applied.fused_cross_entropy = settings.fused_cross_entropy
     model._lorafleet_speedups = applied
     return applied
 
@@ -323,31 +324,20 @@ def remove_speedups(model: nn.Module) -> None:
         del model._lorafleet_speedups
 
 
-@functools.cache
-def _liger_loss():
-    try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-    except ImportError:
-        return None
-    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 def hidden_state_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor, fused: bool = True,
-                       **model_kwargs) -> tuple[Tensor, Tensor]:
+                          **model_kwargs) -> tuple[Tensor, Tensor]:
     """(sum of next-token cross-entropy over labelled positions, number of them as a tensor, so that
     no host sync is forced): labels are shifted here, IGNORE_INDEX positions carry no loss.
-    ``fused`` uses Liger's chunked kernel on CUDA when installed, which never
-    builds the logits; otherwise the logits are built and the loss taken in fp32."""
+    ``fused`` takes the loss from the hidden states in chunks (``linear_ce.py``), never building the
+    logits; otherwise the logits are built and the loss taken in fp32."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(input_ids=input_ids, **model_kwargs).last_hidden_state  # (batch, seq, hidden)
     head = base.get_output_embeddings()
     flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     target = labels[:, 1:].reshape(-1)
     count = (target != IGNORE_INDEX).sum()
-    liger = _liger_loss() if fused and flat.is_cuda else None
-    if liger is not None:
-        weight = head.weight
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else flat.dtype
-        return liger(weight.to(dtype), flat.to(dtype), target), count
+    if fused and head.bias is None:
+        dtype = torch.get_autocast_dtype(flat.device.type) if torch.is_autocast_enabled(flat.device.type) else flat.dtype
+        return linear_cross_entropy_sum(flat.to(dtype), head.weight, target), count
     logits = head(flat).float()  # (tokens, vocab)
     return nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum"), count
