@@ -16,6 +16,9 @@ shape copies its tensors into the graph's static inputs and replays. What makes 
   so both paths compute the same function;
 * gradients accumulate into ``.grad`` tensors allocated before capture (the replay adds into the same
   memory), so callers zero them in place (``zero_grad(set_to_none=False)``), never drop them;
+* no autograd graph outlives its pass: autograd ties each parameter's gradient-accumulation node to
+  the stream it was made on, and a node left over from an eager pass on the default stream breaks
+  the capture (which runs on a side stream);
 * one memory pool shared by every shape's graph: a graph's intermediates are dead once its replay is
   done (its loss is copied out right away), so the pool is as large as the largest pass.
 
@@ -85,11 +88,13 @@ class PassGraphs:
         with device_seeds():
             loss = self.loss_fn(batch)
             (loss * scale).backward()
+        result = loss.detach()
+        del loss  # its autograd graph (and the AccumulateGrad nodes, tied to this stream) must not outlive the pass
         self.eager += 1
         self.seen[key] += 1
         if self.seen[key] >= self.capture_after and len(self.graphs) < self.max_graphs:
             self._capture(key, batch)
-        return loss.detach()
+        return result
 
     def _capture(self, key: ShapeKey, batch: dict[str, Tensor]) -> None:
         for p in self.params:  # the replay must add into memory that outlives it
@@ -106,6 +111,6 @@ class PassGraphs:
         if any(p.grad is not g for p, g in zip(self.params, grads, strict=True)):
             raise RuntimeError("CUDA graph capture replaced a .grad tensor; the replay would write elsewhere")
         self._pool = graph.pool()
-        self.graphs[key] = _Captured(graph, inputs, scale, loss)
+        self.graphs[key] = _Captured(graph, inputs, scale, loss.detach())  # detached: the capture's autograd graph goes
         log.info("captured a CUDA graph for pass shape %s (%d graph(s))",
                  {name: shape for name, shape, _ in key}, len(self.graphs))
