@@ -227,8 +227,12 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
     runner = graphed_passes(peft, params) if graphs else None
 
     def warm():  # after the warm-up steps (graphs captured): the timed steps' memory alone
+        capture_peak = torch.cuda.max_memory_allocated()
         gc.collect()
         torch.cuda.empty_cache()
+        if graphs:
+            print(f"after warm-up: peak allocated {capture_peak / 1e9:.2f} GB (eager passes and capture), "
+                  f"reserved {torch.cuda.memory_reserved() / 1e9:.2f} GB with the graph pool", flush=True)
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
     torch.cuda.synchronize()

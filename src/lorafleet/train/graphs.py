@@ -19,8 +19,9 @@ shape copies its tensors into the graph's static inputs and replays. What makes 
 * no autograd graph outlives its pass: autograd ties each parameter's gradient-accumulation node to
   the stream it was made on, and a node left over from an eager pass on the default stream breaks
   the capture (which runs on a side stream);
-* one memory pool shared by every shape's graph: a graph's intermediates are dead once its replay is
-  done (its loss is copied out right away), so the pool is as large as the largest pass.
+* one memory pool and one capture stream shared by every shape's graph (the allocator reuses a block
+  only on the stream it was made for): a graph's intermediates are dead once its replay is done (its
+  loss is copied out right away), so the pool is as large as the largest pass.
 
 Same results: a replay runs the kernels the eager pass ran, on the same inputs. Not captured: the
 optimizer step, gradient clipping and evaluation (eager, between replays).
@@ -72,6 +73,7 @@ class PassGraphs:
         self.replays = 0
         self.eager = 0
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None  # one capture stream: the pool's blocks are tied to a stream
 
     def run(self, batch: dict[str, Tensor], scale: float) -> Tensor:
         """Forward + backward of ``loss_fn(batch) * scale`` (gradients add into ``.grad``); returns the
@@ -105,7 +107,8 @@ class PassGraphs:
         scale = torch.zeros((), dtype=torch.float32, device=next(iter(batch.values())).device)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
-        with device_seeds(), torch.cuda.graph(graph, pool=self._pool):
+        self._stream = self._stream or torch.cuda.Stream()
+        with device_seeds(), torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
             loss = self.loss_fn(inputs)
             (loss * scale).backward()
         if any(p.grad is not g for p, g in zip(self.params, grads, strict=True)):
