@@ -478,3 +478,17 @@ def test_unsynced_adamw8bit_updates_exactly_like_paged_adamw8bit():
         finals.append([p.detach().clone() for p in params])
     assert all(torch.equal(a, b) for a, b in zip(*finals))
     assert not any(torch.equal(a, b) for a, b in zip(finals[1], start))
+
+
+def test_graphs_plan_prefers_no_recompute_over_a_larger_micro_batch():
+    dims = ModelDims(hidden=4096, intermediate=14336, kv_dim=1024, layers=32)
+    none_1 = 2048 * activation_bytes_per_token(dims, "none", True, 4)
+    attention_2 = 2 * 2048 * activation_bytes_per_token(dims, "attention", True, 4)
+    budget = max(none_1, attention_2)
+    assert none_1 < attention_2 < 2 * none_1  # the case that matters: only one of the two fits at micro-batch 2
+    assert plan_micro_batch(2, 2048, dims, budget, triton=True, residual_bytes=4) == (2, "attention")
+    assert plan_micro_batch(2, 2048, dims, budget, triton=True, residual_bytes=4, no_recompute_first=True) == (1, "none")
+    attention_1 = attention_2 // 2
+    assert attention_1 < none_1
+    assert plan_micro_batch(2, 2048, dims, attention_1, triton=True, residual_bytes=4,
+                            no_recompute_first=True) == (1, "attention")  # nothing fits without recompute: as before

@@ -72,6 +72,16 @@ class TrainConfig(BaseModel):
         False, description="CUDA: draw LoRA dropout masks inside a Triton kernel (opt-in: measured slower on the H200)"
     )
     triton_rope: bool = Field(False, description="CUDA: Liger's RoPE kernel in the fused attention (opt-in: measured slower)")
+    cuda_graphs: bool = Field(
+        True,
+        description="CUDA, one process, no recompute: replay each pass's forward + backward from a CUDA graph, "
+        "captured per row length (rows right-padded to a multiple of 64, no attention mask; exact for causal LM)",
+    )
+    paged_optimizer: bool = Field(
+        False,
+        description="CUDA QLoRA: bitsandbytes' paged 8-bit AdamW (syncs the GPU after every parameter) instead of "
+        "lorafleet's 8-bit AdamW in device memory (the same update, no syncs)",
+    )
     checkpointing: Checkpointing = Field(
         "auto",
         description="CUDA: what to recompute in backward. auto = least recompute that fits the memory at the largest "

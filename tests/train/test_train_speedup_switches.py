@@ -24,9 +24,12 @@ def test_shipped_cuda_config_shows_every_switch():
     config = load_train_config(ROOT / "configs" / "qlora-cuda.yaml")
     text = (ROOT / "configs" / "qlora-cuda.yaml").read_text()
     for name in ("fused_lora", "fused_mlp", "fused_elementwise", "fused_cross_entropy", "frozen_bf16", "bf16_storage",
-                 "triton_dropout", "triton_rope", "checkpointing", "micro_batch"):
+                 "triton_dropout", "triton_rope", "cuda_graphs", "paged_optimizer", "checkpointing", "micro_batch"):
         assert f"\n{name}:" in text
-    assert settings_for(config) == SpeedupSettings(frozen_bf16=False)  # all on but the inexact one, planned
+    # all on but the inexact one (and the opt-in dropout kernel), planned for CUDA graphs
+    assert settings_for(config) == SpeedupSettings(frozen_bf16=False, cuda_graphs=True, triton_rope=config.triton_rope)
+    assert not config.paged_optimizer
+    assert not settings_for(config.model_copy(update={"cuda_graphs": False})).cuda_graphs
 
 
 def test_switches_map_and_validate(tmp_path: Path):
@@ -53,7 +56,7 @@ def _run(tiny_model: Path, tiny_data: Path, out: Path, **overrides):
 
 def test_cpu_setup_leaves_the_model_alone(tiny_model: Path, tiny_data: Path, tmp_path: Path):
     run = _run(tiny_model, tiny_data, tmp_path / "a")
-    assert run.micro_batch is None and not run.fused_loss
+    assert run.micro_batch is None and not run.fused_loss and run.graphs is None
     assert not any("forward" in module.__dict__ for module in run.model.modules())  # no fused forwards
     layers = run.model.get_base_model().model.layers
     assert all(layer.gradient_checkpointing for layer in layers)  # transformers' own checkpointing, as configured

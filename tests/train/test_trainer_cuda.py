@@ -31,7 +31,9 @@ def test_qlora_base_is_nf4_on_one_device_with_checkpointing(tiny_model: Path):
     assert type(linear).__name__ == "Linear4bit" and linear.weight.quant_type == "nf4"
     peft_model = attach_adapter(model, config)
     optimizer, _ = build_optimizer(peft_model, config, total_steps=10)
-    assert type(optimizer).__name__ == "PagedAdamW8bit"
+    assert type(optimizer).__name__ == "AdamW8bit" and not optimizer.is_paged  # lorafleet's, no per-parameter sync
+    paged, _ = build_optimizer(peft_model, config.model_copy(update={"paged_optimizer": True}), total_steps=10)
+    assert type(paged).__name__ == "PagedAdamW8bit"
 
 
 @needs_bnb
@@ -64,3 +66,28 @@ def test_bf16_lora_trains(tiny_model: Path, tiny_data: Path, tmp_path: Path):
     losses = [r["loss"] for r in read_metrics(out) if r["type"] == "train"]
     assert sum(losses[-4:]) < sum(losses[:4]) - 0.1, losses
     assert manifest.metrics.steps == 16
+
+
+@needs_bnb
+def test_qlora_with_cuda_graphs_replays_and_matches_eager(tiny_model: Path, tiny_data: Path, tmp_path: Path, caplog,
+                                                         capsys):
+    """The default CUDA path captures each row length's pass once and replays it; without dropout its
+    losses are those of the eager path (rows padded to 64 without a mask: exact up to bf16 rounding)."""
+    import logging
+
+    from lorafleet.train.trainer import train_adapter
+
+    losses = {}
+    for graphs in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lorafleet.train.graphs"):
+            config = tiny_config(tiny_model, quantization="nf4", precision="auto", epochs=3, lora_dropout=0.0,
+                                 cuda_graphs=graphs, max_grad_norm=1.0)
+            train_adapter(tiny_data, tmp_path / str(graphs), config, show_progress=False)
+        losses[graphs] = [r["loss"] for r in read_metrics(tmp_path / str(graphs)) if r["type"] == "train"]
+        captured = [r for r in caplog.records if "captured a CUDA graph" in r.getMessage()]
+        assert bool(captured) == graphs
+    assert "CUDA graphs on" in capsys.readouterr().err
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3)
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2)
+    assert sum(losses[True][-3:]) < sum(losses[True][:3])

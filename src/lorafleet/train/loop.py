@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from lorafleet.config import TrainConfig
 from lorafleet.data.dataset import IGNORE_INDEX
 from lorafleet.train.batching import (
-    Sample, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard, split_step,
+    Sample, collate_causal, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard, split_step,
 )
 from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
 from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from lorafleet.train.graphs import PassGraphs
 from lorafleet.train.progress import RunLogger
 
 
@@ -51,6 +52,7 @@ class Run:
     best_adapter: dict[str, torch.Tensor] | None = None
     micro_batch: int | None = None  # rows per forward pass (None = the whole micro-batch); CUDA speed-ups set it
     fused_loss: bool = False  # loss from hidden states in chunks (speedups.hidden_state_loss_sum), never the logits
+    graphs: PassGraphs | None = None  # CUDA graphs replay each pass's forward + backward (graphs.py)
 
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(s.input_ids) for s in self.train]
@@ -101,9 +103,17 @@ def _token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return causal_lm_loss_sum(logits, batch["labels"])
 
 
+GRAPH_LENGTH_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
+
+
 def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
-    batch = collate_packed(samples) if run.config.packing else collate_padded(samples, run.pad_token_id)
-    return {k: v.to(run.device) for k, v in batch.items()}
+    if run.config.packing:
+        batch = collate_packed(samples)
+    elif run.graphs is not None:
+        batch = collate_causal(samples, run.pad_token_id, GRAPH_LENGTH_MULTIPLE)
+    else:
+        batch = collate_padded(samples, run.pad_token_id)
+    return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
 
 
 def _autocast(run: Run):
@@ -120,17 +130,20 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         dtype=torch.float64,
     )
     trained_tokens, input_tokens = all_reduce_sum(counts, run.dist).tolist()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # read back once, after the last pass
     run.forward_model.train()
     for i, mb in enumerate(samples):
         batch = _collate(run, mb)
+        if run.graphs is not None:  # one process, no scaler (trainer.setup): forward + backward in one replay
+            loss_sum += run.graphs.run(batch, run.dist.world_size / max(trained_tokens, 1)).double()
+            continue
         last = i == len(samples) - 1
         sync = contextlib.nullcontext() if last or not run.dist.enabled else run.forward_model.no_sync()
         with sync:
             token_loss = _token_loss_sum(run, batch)
             loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
             (run.scaler.scale(loss) if run.scaler else loss).backward()
-        loss_sum += token_loss.detach().double().cpu()
+        loss_sum += token_loss.detach().double()
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     params = [p for p in run.model.parameters() if p.requires_grad]
@@ -141,8 +154,8 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
     else:
         run.optimizer.step()
     run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    total = all_reduce_sum(loss_sum, run.dist).item()
+    run.optimizer.zero_grad(set_to_none=run.graphs is None)  # a graph adds into the same .grad tensors
+    total = all_reduce_sum(loss_sum.cpu(), run.dist).item()
     return total / max(trained_tokens, 1), int(input_tokens), float(grad_norm)
 
 

@@ -60,16 +60,24 @@ def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False,
 
 def plan_micro_batch(rows: int, row_tokens: int, dims: ModelDims, activation_budget: int,
                      checkpointing: Checkpointing = "auto", micro_batch: int | None = None,
-                     triton: bool = False, residual_bytes: int = 2) -> tuple[int, Checkpointing]:
+                     triton: bool = False, residual_bytes: int = 2,
+                     no_recompute_first: bool = False) -> tuple[int, Checkpointing]:
     """(rows per forward pass, checkpointing) for batches of ``rows`` rows of at most ``row_tokens``.
 
     ``activation_budget`` is what activations may take (the caller has already subtracted weights,
     trainable state and the margin). A fixed ``micro_batch`` or ``checkpointing`` is kept as given;
     otherwise the largest divisor of ``rows`` that fits with at most attention recompute wins, then
     the least recompute for it; when nothing fits, one row with host offload (the long-context mode).
+    ``no_recompute_first`` (CUDA graphs, which need passes without recompute): the largest micro-batch
+    that fits without recompute wins over a larger one with it; measured on the H200, a graphed
+    micro-batch 1 ran 1.12× faster than eager micro-batch 2 with attention recompute (round 6).
     """
     candidates = [micro_batch] if micro_batch else [m for m in range(rows, 0, -1) if rows % m == 0]
     modes = [checkpointing] if checkpointing != "auto" else ["none", "attention"]
+    if no_recompute_first and "none" in modes:
+        for micro in candidates:
+            if micro * row_tokens * activation_bytes_per_token(dims, "none", triton, residual_bytes) <= activation_budget:
+                return micro, "none"
     for micro in candidates:
         for mode in modes:
             if micro * row_tokens * activation_bytes_per_token(dims, mode, triton, residual_bytes) <= activation_budget:

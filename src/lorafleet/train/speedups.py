@@ -66,6 +66,7 @@ class SpeedupSettings:
     triton_rope: bool = False
     checkpointing: Checkpointing = "auto"
     micro_batch: int | None = None
+    cuda_graphs: bool = False  # the caller will replay passes from CUDA graphs: plan without recompute first
 
 
 @dataclass
@@ -263,7 +264,7 @@ def apply_speedups(model: nn.Module, settings: SpeedupSettings, row_tokens: int,
         fused_mlp = settings.fused_mlp and settings.fused_lora
         micro, mode = plan_micro_batch(rows, row_tokens, ModelDims.from_config(model.config),
                                        memory_budget_bytes - fixed, settings.checkpointing, settings.micro_batch,
-                                       triton and fused_mlp, residual_bytes)
+                                       triton and fused_mlp, residual_bytes, settings.cuda_graphs)
         if triton and settings.triton_rope:
             problem = rope_problem(device, type(layers[0].self_attn).__module__)
             applied.triton_rope = problem is None
@@ -289,6 +290,7 @@ def settings_for(config) -> SpeedupSettings:
         bf16_storage=config.bf16_storage, triton_dropout=config.triton_dropout, triton_rope=config.triton_rope,
         checkpointing="hf" if config.checkpointing == "full" else config.checkpointing,
         micro_batch=None if config.micro_batch == "auto" else int(config.micro_batch),
+        cuda_graphs=config.cuda_graphs and not config.packing,
     )
 
 

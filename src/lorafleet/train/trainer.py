@@ -7,7 +7,10 @@ resume is exact and loss masking, batching and logging are under our control.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -20,7 +23,8 @@ from lorafleet.train.artifact import Manifest
 from lorafleet.train.batching import load_samples
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.distributed import DistInfo, barrier, init_distributed, training_device
-from lorafleet.train.loop import Run, StepHook, fit
+from lorafleet.train.graphs import PassGraphs
+from lorafleet.train.loop import GRAPH_LENGTH_MULTIPLE, Run, StepHook, _token_loss_sum, fit
 from lorafleet.train.preflight import DeviceInfo, ModelInfo, PreflightResult, preflight
 from lorafleet.train.progress import RunLogger
 from lorafleet.train.save import RunPaths, check_output, manifest_fields, prepare_staging, write_artifact
@@ -82,6 +86,8 @@ def setup(data_dir: Path, paths: RunPaths, config: TrainConfig, model_path: Path
     tokenizer = load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(config.seed)  # LoRA A init and the first dropout masks
+    if device.type == "cuda":
+        use_expandable_segments()
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
     applied = enable_speedups(model, config, train, dist) if device.type == "cuda" else None
     forward_model = model
@@ -104,6 +110,11 @@ def setup(data_dir: Path, paths: RunPaths, config: TrainConfig, model_path: Path
     if applied is not None:
         run.micro_batch = applied.micro_batch
         run.fused_loss = applied.fused_cross_entropy and not dist.enabled  # DDP needs its own forward
+        run.graphs = pass_graphs(run, applied)
+        if dist.is_main:
+            from lorafleet.train.speedups import describe
+
+            Console(stderr=True).print(describe(applied, config.batch_size), highlight=False)
     run.optimizer, run.scheduler = build_optimizer(model, config, run.total_steps)
     if config.resume:
         resume(run)
@@ -156,25 +167,61 @@ def attach_adapter(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Modu
 
 def enable_speedups(model: torch.nn.Module, config: TrainConfig, train: list, dist: DistInfo):
     """Apply the CUDA speed-ups the config switches on (speedups.py), planned for batches of
-    `batch_size` rows of at most the longest train sample; logs what was applied (rank 0)."""
-    from lorafleet.train.speedups import apply_speedups, describe, settings_for
+    `batch_size` rows of at most the longest train sample."""
+    from lorafleet.train.speedups import apply_speedups, settings_for
 
     longest = max((len(s.input_ids) for s in train), default=1)
-    applied = apply_speedups(model, settings_for(config), longest, rows=config.batch_size)
-    if dist.is_main:
-        Console(stderr=True).print(describe(applied, config.batch_size), highlight=False)
-    return applied
+    longest += -longest % GRAPH_LENGTH_MULTIPLE  # rows are padded up to it when graphs run
+    settings = settings_for(config)
+    if dist.enabled:  # no graphs with DDP (pass_graphs): plan as without them
+        settings = dataclasses.replace(settings, cuda_graphs=False)
+    return apply_speedups(model, settings, longest, rows=config.batch_size)
+
+
+def use_expandable_segments() -> None:
+    """CUDA allocator segments that grow in place, unless PYTORCH_CUDA_ALLOC_CONF says otherwise. On the
+    H200 a captured QLoRA pass (8B shape) reserved 21.0 GB with fixed segments and 17.3 GB with these
+    (BENCHMARKS.md, round 6): fixed segments fragment the graph's private pool."""
+    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:  # the runtime form of that variable (torch has no public one)
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+        setter("expandable_segments:True")
+
+
+def pass_graphs(run: Run, applied) -> PassGraphs | None:
+    """The CUDA-graph pass runner when ``cuda_graphs`` is on and the run allows it (logged either way)."""
+    config = run.config
+    reason = None
+    if not config.cuda_graphs:
+        return None
+    if run.dist.enabled:
+        reason = "several processes (DDP hooks run in backward)"
+    elif run.scaler is not None:
+        reason = "fp16 loss scaling"
+    elif config.packing:
+        reason = "packing (flash-attention reads sample boundaries on the host)"
+    elif applied.checkpointing != "none":
+        reason = f"checkpointing {applied.checkpointing} (recomputation redraws dropout seeds)"
+    if reason:
+        applied.notes.append(f"CUDA graphs off: {reason}")
+        return None
+    applied.notes.append("CUDA graphs on")
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    return PassGraphs(functools.partial(_token_loss_sum, run), params)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
-    """AdamW over the adapter (paged 8-bit AdamW for QLoRA on CUDA) and a cosine schedule with warmup."""
+    """AdamW over the adapter (8-bit AdamW for QLoRA on CUDA, paged if asked) and a cosine schedule with warmup."""
     from transformers import get_cosine_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.quantization == "nf4":
+    if config.quantization == "nf4" and config.paged_optimizer:
         import bitsandbytes as bnb
 
         optimizer = bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.quantization == "nf4":
+        from lorafleet.train.optim import AdamW8bit
+
+        optimizer = AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         fused = params[0].device.type == "cuda"
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
