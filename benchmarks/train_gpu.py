@@ -241,6 +241,13 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget_to
         applied = S.apply_speedups(peft, settings, seq, rows=batch, memory_budget_bytes=budget_total)
         micro = applied.micro_batch
     micro = micro or batch
+    if graphs and fast:
+        from lorafleet.train.graphs import capture_problem
+
+        problem = capture_problem(applied.checkpointing)  # as `lorafleet train` decides
+        if problem:
+            print(f"{name}: CUDA graphs off: {problem}", flush=True)
+            graphs = False
     runner = graphed_passes(peft, params) if graphs else None
 
     def warm():  # after the warm-up steps (graphs captured): the timed steps' memory alone

@@ -492,3 +492,13 @@ def test_graphs_plan_prefers_no_recompute_over_a_larger_micro_batch():
     assert attention_1 < none_1
     assert plan_micro_batch(2, 2048, dims, attention_1, triton=True, residual_bytes=4,
                             no_recompute_first=True) == (1, "attention")  # nothing fits without recompute: as before
+
+
+def test_capture_problem_names_what_keeps_a_pass_from_a_cuda_graph():
+    from lorafleet.train.graphs import capture_problem
+
+    assert capture_problem("none") is None
+    assert "DDP" in capture_problem("none", distributed=True)
+    assert "fp16" in capture_problem("none", loss_scaling=True)
+    assert "packing" in capture_problem("none", packing=True)
+    assert "attention" in capture_problem("attention") and "offload" in capture_problem("offload")

@@ -53,6 +53,20 @@ class _Captured:
     loss: Tensor  # static 0-dim: the pass's loss sum, overwritten by each replay
 
 
+def capture_problem(checkpointing: str, distributed: bool = False, loss_scaling: bool = False,
+                    packing: bool = False) -> str | None:
+    """Why a training pass cannot be captured, or None when it can."""
+    if distributed:
+        return "several processes (DDP hooks run in backward)"
+    if loss_scaling:
+        return "fp16 loss scaling"
+    if packing:
+        return "packing (flash-attention reads sample boundaries on the host)"
+    if checkpointing != "none":  # recomputation in backward runs on autograd's thread, which draws host seeds
+        return f"checkpointing {checkpointing} (recomputed passes redraw dropout seeds)"
+    return None
+
+
 def shape_key(batch: dict[str, Tensor]) -> ShapeKey:
     return tuple((name, tuple(t.shape), t.dtype) for name, t in sorted(batch.items()))
 
@@ -72,6 +86,7 @@ class PassGraphs:
         self.seen: Counter[ShapeKey] = Counter()
         self.replays = 0
         self.eager = 0
+        self.failure: str | None = None  # a capture failed: every pass stays eager from then on
         self._pool = None
         self._stream: torch.cuda.Stream | None = None  # one capture stream: the pool's blocks are tied to a stream
 
@@ -94,8 +109,12 @@ class PassGraphs:
         del loss  # its autograd graph (and the AccumulateGrad nodes, tied to this stream) must not outlive the pass
         self.eager += 1
         self.seen[key] += 1
-        if self.seen[key] >= self.capture_after and len(self.graphs) < self.max_graphs:
-            self._capture(key, batch)
+        if self.seen[key] >= self.capture_after and len(self.graphs) < self.max_graphs and self.failure is None:
+            try:
+                self._capture(key, batch)
+            except RuntimeError as error:  # a capture only records: no gradient was touched
+                self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
+                log.warning("CUDA graph capture failed, passes stay eager: %s", self.failure)
         return result
 
     def _capture(self, key: ShapeKey, batch: dict[str, Tensor]) -> None:

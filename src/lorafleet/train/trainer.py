@@ -23,7 +23,7 @@ from lorafleet.train.artifact import Manifest
 from lorafleet.train.batching import load_samples
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.distributed import DistInfo, barrier, init_distributed, training_device
-from lorafleet.train.graphs import PassGraphs
+from lorafleet.train.graphs import PassGraphs, capture_problem
 from lorafleet.train.loop import GRAPH_LENGTH_MULTIPLE, Run, StepHook, _token_loss_sum, fit
 from lorafleet.train.preflight import DeviceInfo, ModelInfo, PreflightResult, preflight
 from lorafleet.train.progress import RunLogger
@@ -190,17 +190,9 @@ def use_expandable_segments() -> None:
 def pass_graphs(run: Run, applied) -> PassGraphs | None:
     """The CUDA-graph pass runner when ``cuda_graphs`` is on and the run allows it (logged either way)."""
     config = run.config
-    reason = None
     if not config.cuda_graphs:
         return None
-    if run.dist.enabled:
-        reason = "several processes (DDP hooks run in backward)"
-    elif run.scaler is not None:
-        reason = "fp16 loss scaling"
-    elif config.packing:
-        reason = "packing (flash-attention reads sample boundaries on the host)"
-    elif applied.checkpointing != "none":
-        reason = f"checkpointing {applied.checkpointing} (recomputation redraws dropout seeds)"
+    reason = capture_problem(applied.checkpointing, run.dist.enabled, run.scaler is not None, config.packing)
     if reason:
         applied.notes.append(f"CUDA graphs off: {reason}")
         return None
