@@ -386,6 +386,9 @@ def main() -> None:
         budget = results["c"]["peak_gb"] * 1e9 if "c" in results else None
         results["d"], model = run_row("(d) lorafleet bf16 LoRA", model, False, True, data, args, budget,
                                       graphs=True, triton_rope=True)
+    if "d-none" in rows_wanted:  # (d) held to no recompute at micro-batch 1 (graphs), whatever the plan says
+        results["d-none"], model = run_row("(d) no recompute, micro 1", model, False, True, data, args, None,
+                                           "none", 1, graphs=True, triton_rope=True)
     quantize_nf4(model)
     if "a" in rows_wanted:
         results["a"], model = run_row("(a) seed stack QLoRA", model, True, False, data, args)

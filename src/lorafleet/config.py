@@ -71,7 +71,9 @@ class TrainConfig(BaseModel):
     triton_dropout: bool = Field(
         False, description="CUDA: draw LoRA dropout masks inside a Triton kernel (opt-in: measured slower on the H200)"
     )
-    triton_rope: bool = Field(False, description="CUDA: Liger's RoPE kernel in the fused attention (opt-in: measured slower)")
+    triton_rope: bool = Field(
+        True, description="CUDA: Liger's RoPE kernel in the fused attention (with CUDA graphs 1.09x faster on the H200)"
+    )
     cuda_graphs: bool = Field(
         True,
         description="CUDA, one process, no recompute: replay each pass's forward + backward from a CUDA graph, "
