@@ -364,6 +364,8 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="extra (b) rows: MODE:MICRO,... e.g. attention:2,none:1")
     ap.add_argument("--context-search", action="store_true")
     ap.add_argument("--context-cap-s", type=float, default=240)
+    ap.add_argument("--context-probe", default="", help="single batch-1 attempts ROW:SEQ,... (row a or b), e.g. "
+                    "a:69632,b:286720, to settle the bounds a time-capped search left open")
     ap.add_argument("--profile", action="store_true", help="per-kernel profile of (a), (b), (b) exact; no table")
     ap.add_argument("--profile-steps", type=int, default=2)
     args = ap.parse_args()
@@ -411,6 +413,11 @@ def main() -> None:
         b_start = max(a_good, 16384) * 4
         b_good, b_bad, model = longest_context(model, True, b_start, args.context_cap_s, context_log)
         context = dict(a=(a_good, a_bad), b=(b_good, b_bad))
+    for probe in filter(None, args.context_probe.split(",")):
+        row, seq = probe.split(":")
+        ok, seconds, peak, model = fits(model, True, row == "b", int(seq))
+        context_log.append(dict(fast=row == "b", seq=int(seq), fits=ok, seconds=seconds, peak_gb=peak))
+        print(json.dumps(context_log[-1]), flush=True)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                   alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                   args={k: str(v) for k, v in vars(args).items()}, results=results, context=context,

@@ -502,3 +502,11 @@ def test_capture_problem_names_what_keeps_a_pass_from_a_cuda_graph():
     assert "fp16" in capture_problem("none", loss_scaling=True)
     assert "packing" in capture_problem("none", packing=True)
     assert "attention" in capture_problem("attention") and "offload" in capture_problem("offload")
+
+
+def test_power_of_two_parts_cover_a_size_exactly():
+    from lorafleet.train.offload import power_of_two_parts
+
+    for n in (1, 2, 3, 1000, 286720 * 4096, 2**31):
+        parts = power_of_two_parts(n)
+        assert sum(parts) == n and all(p & (p - 1) == 0 for p in parts) and len(set(parts)) == len(parts)
