@@ -12,8 +12,9 @@ forward + 4r(in+out) backward; causal attention 2·S·H forward and twice that b
 "useful" TFLOP/s counts those once (the same work for every row); "hw" adds each row's recomputation.
 
     python3 benchmarks/train_gpu.py --out DIR [--context-search] [--layers N for a smoke run]
-        [--variants attention:2,none:1,exact,dropout,rope]   (exact = (b) with frozen_bf16 off, as
-        `lorafleet train`; dropout / rope = (b) with the opt-in triton_dropout / triton_rope on)
+        [--variants exact,exact-norope,norope,eager,eager-bf16,dropout,attention:2,none:1]   (see VARIANTS;
+        exact = `lorafleet train`'s defaults; (b) itself adds frozen_bf16) [--rows c,d,d-none,a,b]
+        [--context-probe a:SEQ,b:SEQ]   (single batch-1 attempts)
         [--profile [--profile-steps N]]   (per-kernel CUDA profile instead of the table, train_gpu_profile.py)
 
 Notes: what each change of the second round should do to (b) at seq 2048, micro-batch 2 (4,096 tokens

@@ -8,11 +8,14 @@ order) and can be switched off through :class:`SpeedupSettings`:
   only its input, gate and up outputs (the seed stack saves or recomputes far more);
 * ``fused_elementwise``: RMSNorm and SiLU·mul (forward and backward) as single Triton kernels
   (Liger's; checked against torch once per device, off with a note when missing or different);
-* ``triton_dropout`` and ``triton_rope`` (opt-in, need ``fused_elementwise``): the LoRA dropout masks
-  drawn inside one Triton kernel per pass instead of stored and multiplied (``dropout_kernel.py``),
-  and Liger's RoPE kernel in the fused attention, each checked once per device. Off by default: the
-  H200 run that turned both on (with an optimizer change since removed) was slower, 1.48× against
-  1.61× (BENCHMARKS.md, round 4), and they have not been measured apart yet;
+* ``triton_dropout`` and ``triton_rope`` (need ``fused_elementwise``): the LoRA dropout masks drawn
+  inside one Triton kernel per pass instead of stored and multiplied (``dropout_kernel.py``; always
+  used for passes replayed from CUDA graphs, ``graphs.py``, which draw their seeds on the device), and
+  Liger's RoPE kernel in the fused attention, each checked once per device. ``lorafleet train`` turns
+  the RoPE kernel on (with graphs 1.09× faster on the H200, BENCHMARKS.md round 6); here both default
+  to off, as the eager H200 run of round 4 was slower with them;
+* ``cuda_graphs`` tells the planner the caller will replay passes from CUDA graphs, which need no
+  recompute: then the largest micro-batch that fits without recompute wins;
 * ``checkpointing`` and ``micro_batch``: ``plan.py`` picks the largest micro-batch (rows per forward
   pass) that fits the memory budget, then the least recompute for it: none, attention only, or
   whole layers recomputed from inputs kept in pinned host memory (``"offload"``, what makes very
