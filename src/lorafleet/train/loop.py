@@ -90,7 +90,7 @@ def _passes(run: Run, samples: list[list[Sample]]) -> list[list[Sample]]:
     return [mb[i : i + size] for mb in samples for i in range(0, len(mb), size)]
 
 
-def _token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token loss of one forward pass (its backward graph included)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if run.fused_loss:
@@ -140,7 +140,7 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         last = i == len(samples) - 1
         sync = contextlib.nullcontext() if last or not run.dist.enabled else run.forward_model.no_sync()
         with sync:
-            token_loss = _token_loss_sum(run, batch)
+            token_loss = token_loss_sum(run, batch)
             loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
             (run.scaler.scale(loss) if run.scaler else loss).backward()
         loss_sum += token_loss.detach().double()

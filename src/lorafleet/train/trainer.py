@@ -24,7 +24,7 @@ from lorafleet.train.batching import load_samples
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.distributed import DistInfo, barrier, init_distributed, training_device
 from lorafleet.train.graphs import PassGraphs, capture_problem
-from lorafleet.train.loop import GRAPH_LENGTH_MULTIPLE, Run, StepHook, _token_loss_sum, fit
+from lorafleet.train.loop import GRAPH_LENGTH_MULTIPLE, Run, StepHook, token_loss_sum, fit
 from lorafleet.train.preflight import DeviceInfo, ModelInfo, PreflightResult, preflight
 from lorafleet.train.progress import RunLogger
 from lorafleet.train.save import RunPaths, check_output, manifest_fields, prepare_staging, write_artifact
@@ -198,7 +198,7 @@ def pass_graphs(run: Run, applied) -> PassGraphs | None:
         return None
     applied.notes.append("CUDA graphs on")
     params = [p for p in run.model.parameters() if p.requires_grad]
-    return PassGraphs(functools.partial(_token_loss_sum, run), params)
+    return PassGraphs(functools.partial(token_loss_sum, run), params)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
