@@ -31,25 +31,34 @@ from torch import Tensor, nn
 
 from lorafleet.train.kernels import rms_norm, rms_norm_grad, silu_mul, silu_mul_grad
 
-_LOCAL = threading.local()
+_LOCAL = threading.local()  # per-thread flags: backward may run on another thread than forward
 
 
 @contextlib.contextmanager
+def _flag(name: str):
+    """Set the per-thread flag ``name`` within the block (restoring what it was after)."""
+    previous = getattr(_LOCAL, name, False)
+    setattr(_LOCAL, name, True)
+    try:
+        yield
+    finally:
+        setattr(_LOCAL, name, previous)
+
+
+def _flagged(name: str) -> bool:
+    return getattr(_LOCAL, name, False)
+
+
 def keep_dense_weights():
     """Within this block the fused functions save their dense (dequantized) base weights for backward.
     Only for regions that are recomputed in backward (activation checkpointing, host offload): there
     the first forward's saved tensors are dropped and the recomputation's feed backward directly, so
     backward skips one dequantization per weight. The flag is per thread (backward may run on another)."""
-    previous = getattr(_LOCAL, "keep_dense", False)
-    _LOCAL.keep_dense = True
-    try:
-        yield
-    finally:
-        _LOCAL.keep_dense = previous
+    return _flag("keep_dense")
 
 
 def _keeping_dense() -> bool:
-    return getattr(_LOCAL, "keep_dense", False)
+    return _flagged("keep_dense")
 
 
 def dense_weight(base: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -68,17 +77,11 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
 
 
-@contextlib.contextmanager
 def device_seeds():
     """Within this block dropout seeds are drawn on the device (``dropout_kernel.device_seed``) and the
     masks by the Triton kernel: what CUDA-graph capture needs (``graphs.py``), since a seed drawn on the
     host would be frozen into the graph and every replay would drop the same elements."""
-    previous = getattr(_LOCAL, "device_seeds", False)
-    _LOCAL.device_seeds = True
-    try:
-        yield
-    finally:
-        _LOCAL.device_seeds = previous
+    return _flag("device_seeds")
 
 
 Seed = int | Tensor  # a host int (torch or Triton masks) or a one-element device tensor (Triton masks)
@@ -88,7 +91,7 @@ def new_seed(device: torch.device | None = None) -> Seed:
     """A dropout seed drawn from torch's CPU generator: reproducible under ``torch.manual_seed`` and
     restored by checkpoint recomputation (which saves and restores the CPU RNG state). Inside
     ``device_seeds`` (and given the CUDA ``device``): a device tensor from the default CUDA generator."""
-    if device is not None and device.type == "cuda" and getattr(_LOCAL, "device_seeds", False):
+    if device is not None and device.type == "cuda" and _flagged("device_seeds"):
         from lorafleet.train import dropout_kernel
 
         return dropout_kernel.device_seed(device)
