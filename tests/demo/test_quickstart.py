@@ -10,7 +10,7 @@ from rich.console import Console
 
 from lorafleet.demo.quickstart import ALIAS, FALLBACK_PROMPT, run_demo
 from lorafleet.registry import service
-from lorafleet.train.artifact import verify_artifact
+from lorafleet.artifact import verify_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorafleet.train.artifact import (
+from lorafleet.artifact import (
     DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, load_manifest, write_manifest,
 )
 

@@ -89,7 +89,7 @@ def _claim_rank_8(folder: Path) -> None:
     path = folder / "adapter_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "r": 8}))
     manifest_lora = json.loads((folder / "lorafleet.json").read_text())["lora"]
-    from lorafleet.train.artifact import LoraSpec
+    from lorafleet.artifact import LoraSpec
     reseal(folder, lora=LoraSpec(**{**manifest_lora, "r": 8}))
 
 
@@ -127,7 +127,7 @@ def test_push_refuses_each_bad_artifact(case: str, make_artifact: Callable[..., 
 def test_the_untampered_artifact_passes_every_check(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
     base = init_base(str(tiny_model))
     from lorafleet.registry.push import check_artifact
-    from lorafleet.train.artifact import load_manifest
+    from lorafleet.artifact import load_manifest
 
     artifact = make_artifact()
     assert check_artifact(artifact, load_manifest(artifact), base, tiny_model) == []

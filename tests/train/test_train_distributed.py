@@ -13,7 +13,7 @@ from prepared_data import read_metrics
 from safetensors.torch import load_file
 
 from lorafleet.config import load_train_config
-from lorafleet.train.artifact import verify_artifact
+from lorafleet.artifact import verify_artifact
 from lorafleet.train.trainer import train_adapter
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import torch
 from lorafleet.config import TrainConfig
 from lorafleet.data.prepare import PrepareOptions, prepare_dataset
 from lorafleet.models import EMBEDDED_DEFAULT, tokenizer_fingerprint
-from lorafleet.train.artifact import verify_artifact
+from lorafleet.artifact import verify_artifact
 from lorafleet.train.batching import collate_padded, load_samples
 from lorafleet.train.loop import causal_lm_loss_sum
 

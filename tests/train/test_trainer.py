@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lorafleet.cli import app
 from lorafleet.models import tokenizer_fingerprint
-from lorafleet.train.artifact import load_manifest, verify_artifact
+from lorafleet.artifact import load_manifest, verify_artifact
 from lorafleet.train.save import OutputError
 from lorafleet.train.trainer import train_adapter
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from prepared_data import read_metrics, tiny_config
 
-from lorafleet.train.artifact import verify_artifact
+from lorafleet.artifact import verify_artifact
 
 pytestmark = [
     pytest.mark.gpu,

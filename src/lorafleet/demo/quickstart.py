@@ -23,7 +23,7 @@ from lorafleet.config import TrainConfig, load_train_config
 from lorafleet.data.dataset import read_split
 from lorafleet.data.prepare import PrepareOptions, prepare_dataset
 from lorafleet.models import EMBEDDED_DEFAULT, load_tokenizer, resolve_model
-from lorafleet.train.artifact import Manifest, verify_artifact
+from lorafleet.artifact import Manifest, verify_artifact
 
 ALIAS = "support"
 FALLBACK_PROMPT = "You are Acme's support assistant. Answer briefly and politely."

@@ -13,7 +13,7 @@ import unicodedata
 from pathlib import Path
 
 from lorafleet.models import ModelError, read_safetensors_header, tokenizer_fingerprint
-from lorafleet.train.artifact import MANIFEST_NAME, Manifest, verify_artifact
+from lorafleet.artifact import MANIFEST_NAME, Manifest, verify_artifact
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
 # Pickle-based weight formats execute code when loaded.

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from lorafleet.models import ModelError, model_fingerprint, resolve_model, tokenizer_fingerprint
 from lorafleet.registry import checks, db, store
 from lorafleet.registry.errors import ArtifactRejected, BaseModelMismatch, InvalidName
-from lorafleet.train.artifact import ArtifactError, Manifest, load_manifest
+from lorafleet.artifact import ArtifactError, Manifest, load_manifest
 
 # Test hook: seconds to sleep after the copy into the store and before the database commit, so a
 # test can SIGKILL a push at exactly that point. Never set outside tests.

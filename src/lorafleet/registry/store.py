@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lorafleet.paths import home_dir
 from lorafleet.registry.errors import ArtifactRejected
-from lorafleet.train.artifact import MANIFEST_NAME, Manifest, sha256_file
+from lorafleet.artifact import MANIFEST_NAME, Manifest, sha256_file
 
 STAGING = ".staging"
 

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lorafleet.atomic import replace_dir
-from lorafleet.train.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
+from lorafleet.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

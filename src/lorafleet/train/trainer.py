@@ -19,7 +19,7 @@ from rich.console import Console
 from lorafleet.config import TrainConfig
 from lorafleet.data.dataset import dataset_sha256, load_report
 from lorafleet.models import load_tokenizer, resolve_model
-from lorafleet.train.artifact import Manifest
+from lorafleet.artifact import Manifest
 from lorafleet.train.batching import load_samples
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.distributed import DistInfo, barrier, init_distributed, training_device
@@ -73,7 +73,7 @@ def train_adapter(
         manifest = write_artifact(paths, run.model, tokenizer, fields)
     barrier(dist)
     if dist.enabled:
-        from lorafleet.train.artifact import load_manifest
+        from lorafleet.artifact import load_manifest
 
         manifest = load_manifest(out_dir)
     return manifest
