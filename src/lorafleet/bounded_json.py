@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 # Large enough for the biggest tokenizer.json files in use (about 35 MB for 256k-token vocabularies).
@@ -54,8 +55,11 @@ def read_capped(path: Path, max_bytes: int, where: str, follow_symlinks: bool = 
     return data
 
 
-def parse_json(data: bytes | str, where: str, limits: JsonLimits = DEFAULT_LIMITS) -> object:
-    """Parse one JSON document within `limits`; raises JsonRefused naming `where` and the problem."""
+def parse_json(data: bytes | str, where: str, limits: JsonLimits = DEFAULT_LIMITS, refused_keys: Mapping[str, str] = {}) -> object:
+    """Parse one JSON document within `limits`; raises JsonRefused naming `where` and the problem.
+
+    `refused_keys` maps object keys that must not appear at any depth to the reason given when one does.
+    """
     if len(data) > limits.max_bytes:
         raise JsonRefused(f"{where}: {len(data):,} bytes, larger than the {_mib(limits.max_bytes)} a JSON file may have")
     try:
@@ -63,7 +67,8 @@ def parse_json(data: bytes | str, where: str, limits: JsonLimits = DEFAULT_LIMIT
     except UnicodeDecodeError as exc:
         raise JsonRefused(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        hook = _unique_keys if not refused_keys else partial(_unique_keys, refused_keys=refused_keys)
+        value = json.loads(text, object_pairs_hook=hook, parse_constant=_no_constant)
     except RecursionError:
         # The C decoder stops at the interpreter's recursion limit (about 1,000 levels); anything that
         # deep is far past max_depth, so it is the same refusal.
@@ -78,44 +83,48 @@ def parse_json(data: bytes | str, where: str, limits: JsonLimits = DEFAULT_LIMIT
     return value
 
 
-def load_json(path: Path, where: str | None = None, limits: JsonLimits = DEFAULT_LIMITS, follow_symlinks: bool = True) -> object:
+def load_json(
+    path: Path, where: str | None = None, limits: JsonLimits = DEFAULT_LIMITS, follow_symlinks: bool = True,
+    refused_keys: Mapping[str, str] = {},
+) -> object:
     """Read and parse the JSON file at `path` within `limits` (see read_capped and parse_json)."""
     label = where or Path(path).name
-    return parse_json(read_capped(path, limits.max_bytes, label, follow_symlinks), label, limits)
+    return parse_json(read_capped(path, limits.max_bytes, label, follow_symlinks), label, limits, refused_keys)
 
 
-def iter_json_lines(path: Path, where: str | None = None, limits: JsonLimits = DEFAULT_LIMITS) -> Iterator[object]:
+def iter_json_lines(
+    path: Path, where: str | None = None, limits: JsonLimits = DEFAULT_LIMITS, refused_keys: Mapping[str, str] = {},
+) -> Iterator[object]:
     """Each non-blank line of a JSON Lines file, parsed within `limits` (the size cap is for the whole file)."""
     label = where or Path(path).name
-    data = read_capped(path, limits.max_bytes, label)
+    data = read_capped(path, limits.max_bytes, label, follow_symlinks=False)
     for number, line in enumerate(data.splitlines(), start=1):
         if line.strip():
-            yield parse_json(line, f"{label} line {number}", limits)
+            yield parse_json(line, f"{label} line {number}", limits, refused_keys)
 
 
 def nesting_depth(value: object) -> int:
-    """Levels of arrays and objects in `value` (a scalar is 0); iterative, so any depth is safe to measure."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
+    """Levels of arrays and objects in `value` (a scalar is 0); level by level, so any depth is safe to measure."""
+    depth = 0
+    level = [value] if type(value) in (dict, list) else []
+    while level:
+        depth += 1
+        below: list[object] = []
+        for item in level:  # parsed JSON holds exactly dict and list, so `type(...) is` suffices (and is fast)
+            below += [c for c in (item.values() if type(item) is dict else item) if type(c) is dict or type(c) is list]  # type: ignore[union-attr]
+        level = below
+    return depth
 
 
 class _Refusal(ValueError):
     """Raised inside the decoder's hooks; parse_json turns it into JsonRefused with the file's name."""
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+def _unique_keys(pairs: list[tuple[str, object]], refused_keys: Mapping[str, str] = {}) -> dict[str, object]:
     result = dict(pairs)
+    for key in refused_keys:
+        if key in result:
+            raise _Refusal(f"has an {key!r} entry: {refused_keys[key]}")
     if len(result) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:

@@ -49,7 +49,9 @@ _SCHEME_TAG = b"lorafleet model fingerprint scheme 2\n"
 _CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version"}
 # Keys of tokenizer_config.json that change how text becomes tokens.
 _TOKENIZER_CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token")
-_TEXT_INPUTS = {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+# The files the tokenizer fingerprint reads (equal bytes in these give an equal fingerprint).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+_TEXT_INPUTS = {"config.json", *TOKENIZER_FILES}
 _CHUNK = 8 * 2**20
 MAX_TEMPLATE_BYTES = 1 * 2**20
 

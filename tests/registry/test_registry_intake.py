@@ -124,7 +124,7 @@ def test_a_symlink_and_an_auto_map_nested_in_subfolders_are_refused(make_artifac
     with pytest.raises(ArtifactRejected) as refused:
         push(artifact, "support")
     problems = refused.value.problems
-    assert "extra/deeper/config.json: has an 'auto_map' entry (custom code); remove it" in problems
+    assert "extra/deeper/config.json: has an 'auto_map' entry: it points loaders at custom code; remove it" in problems
     assert any(p.startswith("extra/deeper/weights.safetensors: is a symlink") for p in problems)
     assert any(p.startswith("extra/outside: is a symlink") for p in problems)
     assert service.list_adapters() == []

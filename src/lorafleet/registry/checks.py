@@ -11,13 +11,15 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from lorafleet.adapter_config import (  # noqa: F401  (servable_* and the constants are this module's interface too)
     PATTERN_KEY, SERVABLE_TARGET_MODULES, VLLM_MAX_LORA_RANKS, manifest_problems, servable_max_lora_rank, servable_problems,
 )
-from lorafleet.artifact import MANIFEST_NAME, Manifest
+from lorafleet.artifact import MANIFEST_NAME, Manifest, sha256_file
 from lorafleet.bounded_json import JsonLimits, JsonRefused, iter_json_lines, load_json
-from lorafleet.fingerprints import MAX_TEMPLATE_BYTES, Fingerprints, tokenizer_digest
+from lorafleet.fingerprints import MAX_TEMPLATE_BYTES, TOKENIZER_FILES, Fingerprints, tokenizer_digest
+from lorafleet.registry.schema import BaseModelRecord
 from lorafleet.safetensors_header import ANY_DTYPE, LORA_DTYPES, HeaderError, read_header
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
@@ -66,27 +68,24 @@ def file_problems(paths: Iterable[str]) -> list[str]:
     return problems
 
 
+# Keys refused at any depth of any JSON file in an artifact.
+REFUSED_KEYS = {"auto_map": "it points loaders at custom code; remove it"}
+
+
 def parse_documents(root: Path, paths: Iterable[str], limits: JsonLimits) -> tuple[Documents, list[str]]:
-    """Parse every .json and .jsonl file within `limits`; each failure is a problem naming the file."""
+    """Parse every .json and .jsonl file within `limits`, refusing REFUSED_KEYS at any depth (checked as each
+    object is decoded, not by a second walk); each failure is a problem naming the file."""
     documents: Documents = {}
     problems: list[str] = []
     for rel in sorted(paths):
         try:
             if rel.endswith(".json"):
-                documents[rel] = load_json(root / rel, rel, limits, follow_symlinks=False)
+                documents[rel] = load_json(root / rel, rel, limits, follow_symlinks=False, refused_keys=REFUSED_KEYS)
             elif rel.endswith(".jsonl"):
-                documents[rel] = list(iter_json_lines(root / rel, rel, limits))
+                documents[rel] = list(iter_json_lines(root / rel, rel, limits, refused_keys=REFUSED_KEYS))
         except JsonRefused as exc:
             problems.append(str(exc))
     return documents, problems
-
-
-def auto_map_problems(documents: Documents) -> list[str]:
-    """Any `auto_map` key, at any depth, in any JSON document: it points loaders at custom code."""
-    return [
-        f"{rel}: has an 'auto_map' entry (custom code); remove it"
-        for rel, document in sorted(documents.items()) if _has_key(document, "auto_map")
-    ]
 
 
 def adapter_problems(root: Path, documents: Documents, manifest: Manifest, base_path: Path) -> list[str]:
@@ -153,35 +152,59 @@ def tensor_problems(adapter_config: dict, adapter_header: dict, base_header: dic
     return problems
 
 
-def fingerprint_problems(root: Path, documents: Documents, manifest: Manifest, base_name: str, base: Fingerprints) -> list[str]:
+class RegistryBase(NamedTuple):
+    """The registry's pinned base: its record, its folder on this machine, and its current fingerprints."""
+
+    record: BaseModelRecord
+    path: Path
+    fingerprints: Fingerprints
+
+
+def fingerprint_problems(root: Path, documents: Documents, checksums: dict[str, str], manifest: Manifest, base: RegistryBase) -> list[str]:
     """The manifest's fingerprints against the registry's base, and the carried tokenizer against the base's.
 
     A format-1 manifest (base fingerprint of scheme 1, without weight values) is refused with the
-    way forward; the carried tokenizer is fingerprinted from the staged copy, never from a cache.
+    way forward. The carried tokenizer is fingerprinted from the staged copy (`checksums` are its
+    files' sha256), never from a cache; when its files are byte for byte the base's, the digest is
+    the base's by construction and is not recomputed.
     """
+    name, fingerprints = base.record.name, base.fingerprints
     problems: list[str] = []
     if manifest.format_version < 2:
-        problems.append(_legacy_problem(manifest, base_name, base))
-    elif manifest.base_fingerprint != base.model:
+        problems.append(_legacy_problem(manifest, name, fingerprints))
+    elif manifest.base_fingerprint != fingerprints.model:
         problems.append(
-            f"{MANIFEST_NAME}: base_fingerprint {manifest.base_fingerprint} is not this registry's base model {base_name} "
-            f"(fingerprint {base.model}): the adapter was trained on other weights (the fingerprint covers weight values); "
-            "train it on the registry's base, or push it to a registry of its own base"
+            f"{MANIFEST_NAME}: base_fingerprint {manifest.base_fingerprint} is not this registry's base model {name} "
+            f"(fingerprint {fingerprints.model}): the adapter was trained on other weights (the fingerprint covers weight "
+            "values); train it on the registry's base, or push it to a registry of its own base"
         )
-    if manifest.tokenizer_fingerprint != base.tokenizer:
+    if manifest.tokenizer_fingerprint != fingerprints.tokenizer:
         problems.append(
             f"{MANIFEST_NAME}: tokenizer_fingerprint {manifest.tokenizer_fingerprint[:12]}… is not the base model's "
-            f"tokenizer ({base.tokenizer[:12]}…); prepare the data with the base model's tokenizer"
+            f"tokenizer ({fingerprints.tokenizer[:12]}…); prepare the data with the base model's tokenizer"
         )
+    if _same_tokenizer_files(checksums, base.path):
+        return problems
     try:
         carried = _carried_tokenizer(root, documents)
     except ValueError as exc:
         return problems + [f"tokenizer files: cannot be read ({exc})"]
     if carried is None:
         problems.append("tokenizer files: the artifact carries no tokenizer.json (train copies the base's tokenizer in)")
-    elif carried != base.tokenizer:
-        problems.append(f"tokenizer files: the tokenizer in the artifact ({carried[:12]}…) is not the base model's ({base.tokenizer[:12]}…)")
+    elif carried != fingerprints.tokenizer:
+        problems.append(f"tokenizer files: the tokenizer in the artifact ({carried[:12]}…) is not the base model's ({fingerprints.tokenizer[:12]}…)")
     return problems
+
+
+def _same_tokenizer_files(checksums: dict[str, str], base_path: Path) -> bool:
+    """True when the tokenizer fingerprint's input files are present in both or neither, with equal bytes."""
+    if "tokenizer.json" not in checksums:
+        return False
+    for name in TOKENIZER_FILES:
+        base_file = base_path / name
+        if (name in checksums) != base_file.is_file() or (name in checksums and sha256_file(base_file) != checksums[name]):
+            return False
+    return True
 
 
 def _legacy_problem(manifest: Manifest, base_name: str, base: Fingerprints) -> str:
@@ -226,12 +249,3 @@ def _module_rank(adapter_config: dict, module: str) -> tuple[object, str]:
         if PATTERN_KEY.fullmatch(key) and re.match(rf"(.*\.)?({key})$", module):
             return rank, f"rank_pattern[{key!r}]"
     return adapter_config.get("r"), "r"
-
-
-def _has_key(data: object, key: str) -> bool:
-    # Documents are depth-limited by parse_documents, so this recursion is bounded.
-    if isinstance(data, dict):
-        return key in data or any(_has_key(v, key) for v in data.values())
-    if isinstance(data, list):
-        return any(_has_key(v, key) for v in data)
-    return False

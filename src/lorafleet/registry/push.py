@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from sqlalchemy import Connection
 
 from lorafleet.artifact import MANIFEST_NAME, ArtifactError, Manifest, checksum_problems, load_manifest
-from lorafleet.fingerprints import Fingerprints, ProgressCallback, base_fingerprints
+from lorafleet.fingerprints import ProgressCallback, base_fingerprints
 from lorafleet.models import ModelError, resolve_model
 from lorafleet.registry import checks, db, intake, store
+from lorafleet.registry.checks import RegistryBase
 from lorafleet.registry.errors import ArtifactRejected, BaseModelMismatch, InvalidName
 from lorafleet.registry.intake import IntakeLimits, StagedArtifact
 
@@ -58,14 +59,6 @@ class PushResult:
     @property
     def ref(self) -> str:
         return self.version.ref
-
-
-class RegistryBase(NamedTuple):
-    """The registry's pinned base: its record, its folder on this machine, and its current fingerprints."""
-
-    record: db.BaseModelRecord
-    path: Path
-    fingerprints: Fingerprints
 
 
 def init_base(model: str, on_progress: ProgressCallback | None = None) -> db.BaseModelRecord:
@@ -142,10 +135,10 @@ def check_staged(staged: StagedArtifact, manifest: Manifest, base: RegistryBase,
     """Every push check on the staged copy, in the order a reader would fix them; returns all problems found."""
     problems = list(staged.problems) + checks.file_problems(staged.files)
     documents, parse_problems = checks.parse_documents(staged.root, staged.files, limits.json_limits)
-    problems += parse_problems + checks.auto_map_problems(documents)
+    problems += parse_problems
     problems += checksum_problems(manifest.files, staged.checksums(include_manifest=False))
     problems += checks.adapter_problems(staged.root, documents, manifest, base.path)
-    problems += checks.fingerprint_problems(staged.root, documents, manifest, base.record.name, base.fingerprints)
+    problems += checks.fingerprint_problems(staged.root, documents, staged.checksums(), manifest, base)
     return problems
 
 

@@ -1,0 +1,162 @@
+"""Benchmark: `adapters push` of an adapter on the embedded model, before (a git commit) and after (this tree).
+
+Both sides run the same script in their own subprocess, each with its own sources first on
+PYTHONPATH, its own registry (LORAFLEET_HOME) and its own fingerprint cache (a LORAFLEET_CACHE whose
+`models/` links to the shared converted model). Each side:
+
+1. builds 2 × `--pushes` + 1 distinct artifacts with its own manifest code (PEFT LoRA, rank 16 on all
+   seven linear projections of SmolLM2-135M-Instruct, random lora_B; untimed);
+2. pins the registry's base and pushes one artifact as a warm-up (imports, page cache; untimed);
+3. cold: empties its fingerprint cache, then times one push; repeated `--pushes` times;
+4. warm: times one push with the cache as the previous push left it; repeated `--pushes` times.
+
+Every timed push stores new content (no artifact is pushed twice), so each includes the copy into
+the store. "cold"/"warm" is the fingerprint cache, not the OS page cache (the warm-up filled that).
+
+    .venv/bin/python benchmarks/push.py --baseline 548a9f8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = 16
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build_artifacts(out: Path, count: int) -> list[Path]:
+    """`count` real artifacts on the embedded model, differing in their lora_B values (seed i)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lorafleet.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
+    from lorafleet.models import load_tokenizer, model_fingerprint, resolve_model, tokenizer_fingerprint
+
+    base = resolve_model("smollm2-135m-instruct").path
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=RANK, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
+    tokenizer = load_tokenizer(base)
+    base_fp, tokenizer_fp = model_fingerprint(base), tokenizer_fingerprint(base)
+    folders = []
+    for i in range(count):
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.01)
+        folder = out / f"artifact-{i}"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "train_loss": 2.0}) + "\n")
+        write_manifest(folder, Manifest(
+            base_model="smollm2-135m-instruct", base_fingerprint=base_fp, tokenizer_fingerprint=tokenizer_fp,
+            max_seq_length=512,
+            lora=LoraSpec(r=RANK, alpha=32, dropout=0.0, target_modules=sorted(TARGETS), use_rslora=False,
+                          use_dora=False, quantization="none"),
+            dataset=DatasetSpec(sha256="0" * 64, train_samples=1, eval_samples=0),
+            metrics=TrainMetrics(), files=file_checksums(folder), lorafleet_version="bench",
+        ))
+        folders.append(folder)
+    return folders
+
+
+def worker(pushes: int, work: Path) -> dict:
+    """One side's measurements (runs inside the side's subprocess)."""
+    from lorafleet.paths import cache_dir
+    from lorafleet.registry.push import init_base, push
+
+    artifacts = build_artifacts(work / "artifacts", 2 * pushes + 1)
+    fingerprint_cache = cache_dir() / "fingerprints"
+    init_base("smollm2-135m-instruct")
+    push(artifacts[0], "bench")  # warm-up
+    size = sum(p.stat().st_size for p in artifacts[0].rglob("*") if p.is_file())
+    timings: dict[str, list[float]] = {"cold": [], "warm": []}
+    for i, artifact in enumerate(artifacts[1:]):
+        mode = "cold" if i < pushes else "warm"
+        if mode == "cold":
+            shutil.rmtree(fingerprint_cache, ignore_errors=True)
+        start = time.perf_counter()
+        push(artifact, "bench")
+        timings[mode].append(time.perf_counter() - start)
+    return {"artifact_bytes": size, "files": len(list(artifacts[0].rglob("*"))), **timings}
+
+
+def run_side(label: str, src: Path, pushes: int) -> dict:
+    """Run `worker` in a subprocess with `src` first on PYTHONPATH and private LORAFLEET_HOME / LORAFLEET_CACHE."""
+    from lorafleet.paths import cache_dir
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-push-{label}-") as tmp:
+        work = Path(tmp)
+        (work / "cache").mkdir()
+        (work / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+        env = {**os.environ, "PYTHONPATH": str(src), "LORAFLEET_HOME": str(work / "home"), "LORAFLEET_CACHE": str(work / "cache")}
+        code = f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import push as b; " \
+               f"print(json.dumps(b.worker({pushes}, __import__('pathlib').Path({str(work)!r}))))"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} side failed:\n{done.stderr[-4000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="548a9f8", help="git commit of the code before (checked out in a temporary worktree)")
+    parser.add_argument("--pushes", type=int, default=5, help="timed pushes per side and cache state")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "push_cpu.json")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lorafleet.models import resolve_model
+
+    resolve_model("smollm2-135m-instruct")  # convert the embedded model once, outside the timings
+    with tempfile.TemporaryDirectory(prefix="bench-push-baseline-") as tmp:
+        baseline_tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(baseline_tree), args.baseline], check=True)
+        try:
+            results = {
+                "before": run_side("before", baseline_tree / "src", args.pushes),
+                "after": run_side("after", ROOT / "src", args.pushes),
+            }
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)], check=False)
+
+    console = Console(width=120)
+    title = (f"push, SmolLM2-135M-Instruct adapter (rank {RANK}, 7 projections, {results['after']['artifact_bytes'] / 2**20:.1f} MiB), "
+             f"median of {args.pushes}")
+    table = Table("code", "cold cache (s)", "warm cache (s)", title=title)
+    medians = {side: {mode: statistics.median(r[mode]) for mode in ("cold", "warm")} for side, r in results.items()}
+    table.add_row(f"before ({args.baseline})", f"{medians['before']['cold']:.3f}", f"{medians['before']['warm']:.3f}")
+    table.add_row("after (this tree)", f"{medians['after']['cold']:.3f}", f"{medians['after']['warm']:.3f}")
+    table.add_row("ratio after / before", f"{medians['after']['cold'] / medians['before']['cold']:.2f}x",
+                  f"{medians['after']['warm'] / medians['before']['warm']:.2f}x")
+    console.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {date.today()}")
+    console.print(table)
+    record = {
+        "date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "command": f"benchmarks/push.py --baseline {args.baseline} --pushes {args.pushes}",
+        "model": "smollm2-135m-instruct", "rank": RANK, "targets": TARGETS, "medians_s": medians, "raw": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"raw results: {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()
