@@ -13,6 +13,9 @@ PYTHONPATH, its own registry (LORAFLEET_HOME) and its own fingerprint cache (a L
 Every timed push stores new content (no artifact is pushed twice), so each includes the copy into
 the store. "cold"/"warm" is the fingerprint cache, not the OS page cache (the warm-up filled that).
 
+Wall time is what a user waits; CPU time (the process's, hashing threads included) is steadier on
+a machine shared with other jobs. Medians over `--pushes` × `--rounds` pushes; the sides alternate.
+
     .venv/bin/python benchmarks/push.py --baseline 548a9f8
 """
 
@@ -85,14 +88,15 @@ def worker(pushes: int, work: Path) -> dict:
     init_base("smollm2-135m-instruct")
     push(artifacts[0], "bench")  # warm-up
     size = sum(p.stat().st_size for p in artifacts[0].rglob("*") if p.is_file())
-    timings: dict[str, list[float]] = {"cold": [], "warm": []}
+    timings: dict[str, list[float]] = {"cold": [], "warm": [], "cold_cpu": [], "warm_cpu": []}
     for i, artifact in enumerate(artifacts[1:]):
         mode = "cold" if i < pushes else "warm"
         if mode == "cold":
             shutil.rmtree(fingerprint_cache, ignore_errors=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()  # process time includes the hashing threads
         push(artifact, "bench")
         timings[mode].append(time.perf_counter() - start)
+        timings[f"{mode}_cpu"].append(time.process_time() - cpu)
     return {"artifact_bytes": size, "files": len(list(artifacts[0].rglob("*"))), **timings}
 
 
@@ -116,7 +120,8 @@ def run_side(label: str, src: Path, pushes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="548a9f8", help="git commit of the code before (checked out in a temporary worktree)")
-    parser.add_argument("--pushes", type=int, default=5, help="timed pushes per side and cache state")
+    parser.add_argument("--pushes", type=int, default=5, help="timed pushes per side, cache state and round")
+    parser.add_argument("--rounds", type=int, default=2, help="times each side runs, alternating")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "push_cpu.json")
     args = parser.parse_args()
 
@@ -130,28 +135,30 @@ def main() -> None:
         baseline_tree = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(baseline_tree), args.baseline], check=True)
         try:
-            results = {
-                "before": run_side("before", baseline_tree / "src", args.pushes),
-                "after": run_side("after", ROOT / "src", args.pushes),
-            }
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for _ in range(args.rounds):  # alternate the sides, so a change in the machine's load hits both
+                runs["before"].append(run_side("before", baseline_tree / "src", args.pushes))
+                runs["after"].append(run_side("after", ROOT / "src", args.pushes))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)], check=False)
 
+    modes = ("cold", "warm", "cold_cpu", "warm_cpu")
+    medians = {side: {m: statistics.median(t for r in rs for t in r[m]) for m in modes} for side, rs in runs.items()}
+    count = args.pushes * args.rounds
+    size = runs["after"][0]["artifact_bytes"] / 2**20
+    table = Table("code", "cold wall s", "cold CPU s", "warm wall s", "warm CPU s",
+                  title=f"push of one SmolLM2-135M-Instruct adapter (rank {RANK}, 7 projections, {size:.1f} MiB), median of {count}")
+    for side, label in (("before", f"before ({args.baseline})"), ("after", "after (this tree)")):
+        table.add_row(label, *(f"{medians[side][m]:.3f}" for m in ("cold", "cold_cpu", "warm", "warm_cpu")))
+    table.add_row("ratio after / before", *(f"{medians['after'][m] / medians['before'][m]:.2f}x" for m in ("cold", "cold_cpu", "warm", "warm_cpu")))
     console = Console(width=120)
-    title = (f"push, SmolLM2-135M-Instruct adapter (rank {RANK}, 7 projections, {results['after']['artifact_bytes'] / 2**20:.1f} MiB), "
-             f"median of {args.pushes}")
-    table = Table("code", "cold cache (s)", "warm cache (s)", title=title)
-    medians = {side: {mode: statistics.median(r[mode]) for mode in ("cold", "warm")} for side, r in results.items()}
-    table.add_row(f"before ({args.baseline})", f"{medians['before']['cold']:.3f}", f"{medians['before']['warm']:.3f}")
-    table.add_row("after (this tree)", f"{medians['after']['cold']:.3f}", f"{medians['after']['warm']:.3f}")
-    table.add_row("ratio after / before", f"{medians['after']['cold'] / medians['before']['cold']:.2f}x",
-                  f"{medians['after']['warm'] / medians['before']['warm']:.2f}x")
-    console.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {date.today()}")
+    console.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {date.today()}, load average {os.getloadavg()[0]:.1f}")
     console.print(table)
     record = {
         "date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "command": f"benchmarks/push.py --baseline {args.baseline} --pushes {args.pushes}",
-        "model": "smollm2-135m-instruct", "rank": RANK, "targets": TARGETS, "medians_s": medians, "raw": results,
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "command": f"benchmarks/push.py --baseline {args.baseline} --pushes {args.pushes} --rounds {args.rounds}",
+        "model": "smollm2-135m-instruct", "rank": RANK, "targets": TARGETS, "medians_s": medians, "raw": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

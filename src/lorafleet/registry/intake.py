@@ -118,6 +118,7 @@ class _Walk:
     def __init__(self, result: StagedArtifact, limits: IntakeLimits, before_open: BeforeOpen | None):
         self.result, self.limits, self.before_open = result, limits, before_open
         self.total_bytes = 0
+        self.too_many = False
 
     def problem(self, text: str) -> None:
         self.result.problems.append(text)
@@ -157,8 +158,9 @@ class _Walk:
 
     def file(self, dir_fd: int, name: str, rel: str) -> None:
         if len(self.result.files) >= self.limits.max_files:
-            if len(self.result.files) == self.limits.max_files:
+            if not self.too_many:  # said once, at the first file over the limit
                 self.problem(f"{rel}: the artifact has more than {self.limits.max_files} files")
+                self.too_many = True
             return
         if self.before_open is not None:
             self.before_open(rel)
