@@ -107,3 +107,20 @@ def test_max_rank_counts_rank_pattern() -> None:
     assert max_rank({"r": 8}) == 8
     assert max_rank({"r": 8, "rank_pattern": {"q_proj": 64, "v_proj": 4}}) == 64
     assert max_rank({"r": "8"}) is None
+
+
+ODD_VALUES = [None, True, False, 0, -1, 1.5, "x", "", [], [None], [{}], [[1]], {}, {"a": []}, {"q_proj": "8"}]
+
+
+def test_no_value_of_any_field_crashes_the_checks() -> None:
+    """Every field set to every odd JSON value: the checks return problems, they never raise."""
+    from lorafleet.registry.checks import tensor_problems
+
+    header = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": ("F32", [8, 64])}
+    base = {"model.layers.0.self_attn.q_proj.weight": ("F32", [64, 64])}
+    for field in [*_peft_config(), "unknown_field"]:
+        for value in ODD_VALUES:
+            config = _peft_config(**{field: value})
+            for check in (lambda c: manifest_problems(c, LORA), servable_problems, lambda c: tensor_problems(c, header, base)):
+                assert isinstance(check(config), list), (field, value)
+            max_rank(config)

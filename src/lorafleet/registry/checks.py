@@ -119,7 +119,9 @@ def tensor_problems(adapter_config: dict, adapter_header: dict, base_header: dic
     name that starts at a dot; the first match wins). Headers map name → (dtype, shape).
     """
     problems: list[str] = []
-    targets = set(adapter_config.get("target_modules") or [])
+    listed = adapter_config.get("target_modules")
+    # Anything but a list of names is servable_problems' refusal; here it just targets nothing.
+    targets = set(listed) if isinstance(listed, list) and all(isinstance(t, str) for t in listed) else set()
     seen_targets: set[str] = set()
     for key, (_dtype, shape) in sorted(adapter_header.items()):
         match = _LORA_SUFFIX.search(key)

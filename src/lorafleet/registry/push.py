@@ -170,13 +170,14 @@ def push(
             raise ArtifactRejected(str(folder), problems)
         _notify(on_phase, "checked", folder, staged)
         checksums = staged.checksums()
+        digest = store.content_digest(checksums)
         manifest_json = (staged.root / MANIFEST_NAME).read_text(encoding="utf-8")
-        path, reused = store.commit(staged.root, checksums, store.content_digest(checksums))
+        path, reused = store.commit(staged.root, checksums, digest)
         _test_pause()
         user = pushed_by or _current_user()
 
         def insert(conn: Connection) -> db.AdapterVersion:
-            row = db.AdapterVersion(name, db.allocate_version(conn, name), store.content_digest(checksums), manifest_json, db.now(), user)
+            row = db.AdapterVersion(name, db.allocate_version(conn, name), digest, manifest_json, db.now(), user)
             db.insert_version(conn, row)
             return row
 
