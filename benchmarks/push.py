@@ -97,7 +97,23 @@ def worker(pushes: int, work: Path) -> dict:
         push(artifact, "bench")
         timings[mode].append(time.perf_counter() - start)
         timings[f"{mode}_cpu"].append(time.process_time() - cpu)
-    return {"artifact_bytes": size, "files": len(list(artifacts[0].rglob("*"))), **timings}
+    result = {"artifact_bytes": size, "files": len(list(artifacts[0].rglob("*"))), **timings}
+    try:
+        from lorafleet.fingerprints import base_fingerprints
+    except ImportError:  # the code before had no weight-value fingerprint
+        return result
+    from lorafleet.models import resolve_model
+
+    base = resolve_model("smollm2-135m-instruct").path
+    result["base_bytes"] = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    result["fingerprint_cold"], result["fingerprint_warm"] = [], []
+    for _ in range(pushes):
+        shutil.rmtree(fingerprint_cache, ignore_errors=True)
+        for mode in ("fingerprint_cold", "fingerprint_warm"):
+            start = time.perf_counter()
+            base_fingerprints(base)
+            result[mode].append(time.perf_counter() - start)
+    return result
 
 
 def run_side(label: str, src: Path, pushes: int) -> dict:
@@ -151,14 +167,20 @@ def main() -> None:
     for side, label in (("before", f"before ({args.baseline})"), ("after", "after (this tree)")):
         table.add_row(label, *(f"{medians[side][m]:.3f}" for m in ("cold", "cold_cpu", "warm", "warm_cpu")))
     table.add_row("ratio after / before", *(f"{medians['after'][m] / medians['before'][m]:.2f}x" for m in ("cold", "cold_cpu", "warm", "warm_cpu")))
+    after = runs["after"]
+    fingerprint = {m: statistics.median(t for r in after for t in r[m]) for m in ("fingerprint_cold", "fingerprint_warm")}
+    gb = after[0]["base_bytes"] / 1e9
     console = Console(width=120)
     console.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {date.today()}, load average {os.getloadavg()[0]:.1f}")
     console.print(table)
+    console.print(f"base fingerprint alone ({gb:.2f} GB of weights): cold {fingerprint['fingerprint_cold']:.3f} s "
+                  f"({gb / fingerprint['fingerprint_cold']:.2f} GB/s), warm {1000 * fingerprint['fingerprint_warm']:.1f} ms")
     record = {
         "date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_1min_at_end": os.getloadavg()[0],
         "command": f"benchmarks/push.py --baseline {args.baseline} --pushes {args.pushes} --rounds {args.rounds}",
-        "model": "smollm2-135m-instruct", "rank": RANK, "targets": TARGETS, "medians_s": medians, "raw": runs,
+        "model": "smollm2-135m-instruct", "rank": RANK, "targets": TARGETS, "medians_s": medians,
+        "fingerprint_medians_s": fingerprint, "raw": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

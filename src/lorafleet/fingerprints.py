@@ -191,9 +191,16 @@ def _cache_read(cache: FingerprintCache, key: str) -> Fingerprints | None:
         return None
     try:
         entry = load_json(path)
-        return Fingerprints(**entry) if isinstance(entry, dict) else None
-    except (JsonRefused, TypeError):
+    except JsonRefused:
         return None  # a damaged entry is recomputed and rewritten
+    fields = set(Fingerprints.__dataclass_fields__)
+    if not isinstance(entry, dict) or set(entry) != fields or not all(_is_sha256(v) for v in entry.values()):
+        return None
+    return Fingerprints(**entry)
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _compute(folder: Path, inputs: list[_Input], on_progress: ProgressCallback | None) -> Fingerprints:
