@@ -5,10 +5,13 @@ PYTHONPATH, its own registry (LORAFLEET_HOME) and its own fingerprint cache (a L
 `models/` links to the shared converted model). Each side:
 
 1. builds 2 × `--pushes` + 1 distinct artifacts with its own manifest code (PEFT LoRA, rank 16 on all
-   seven linear projections of SmolLM2-135M-Instruct, random lora_B; untimed);
-2. pins the registry's base and pushes one artifact as a warm-up (imports, page cache; untimed);
+   seven linear projections of SmolLM2-135M-Instruct, random lora_B; untimed, in a process of its own);
+2. in a fresh process, pins the registry's base and pushes one artifact as a warm-up (imports, page cache; untimed);
 3. cold: empties its fingerprint cache, then times one push; repeated `--pushes` times;
-4. warm: times one push with the cache as the previous push left it; repeated `--pushes` times.
+4. warm: times one push with the cache as the previous push left it; repeated `--pushes` times;
+5. (after only) times the base fingerprint alone, cold and warm.
+
+A full garbage collection runs (untimed) before each timed push, so each starts from the same state.
 
 Every timed push stores new content (no artifact is pushed twice), so each includes the copy into
 the store. "cold"/"warm" is the fingerprint cache, not the OS page cache (the warm-up filled that).
@@ -22,6 +25,7 @@ a machine shared with other jobs. Medians over `--pushes` × `--rounds` pushes; 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -79,11 +83,11 @@ def build_artifacts(out: Path, count: int) -> list[Path]:
 
 
 def worker(pushes: int, work: Path) -> dict:
-    """One side's measurements (runs inside the side's subprocess)."""
+    """One side's measurements (runs inside the side's second subprocess, after build_artifacts ran in the first)."""
     from lorafleet.paths import cache_dir
     from lorafleet.registry.push import init_base, push
 
-    artifacts = build_artifacts(work / "artifacts", 2 * pushes + 1)
+    artifacts = [work / "artifacts" / f"artifact-{i}" for i in range(2 * pushes + 1)]
     fingerprint_cache = cache_dir() / "fingerprints"
     init_base("smollm2-135m-instruct")
     push(artifacts[0], "bench")  # warm-up
@@ -93,6 +97,7 @@ def worker(pushes: int, work: Path) -> dict:
         mode = "cold" if i < pushes else "warm"
         if mode == "cold":
             shutil.rmtree(fingerprint_cache, ignore_errors=True)
+        gc.collect()  # every push starts from the same collector state (a full collection is not the push's cost)
         start, cpu = time.perf_counter(), time.process_time()  # process time includes the hashing threads
         push(artifact, "bench")
         timings[mode].append(time.perf_counter() - start)
@@ -125,11 +130,15 @@ def run_side(label: str, src: Path, pushes: int) -> dict:
         (work / "cache").mkdir()
         (work / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
         env = {**os.environ, "PYTHONPATH": str(src), "LORAFLEET_HOME": str(work / "home"), "LORAFLEET_CACHE": str(work / "cache")}
-        code = f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import push as b; " \
-               f"print(json.dumps(b.worker({pushes}, __import__('pathlib').Path({str(work)!r}))))"
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{label} side failed:\n{done.stderr[-4000:]}")
+        prefix = f"import json, sys; from pathlib import Path; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import push as b; "
+        steps = (  # building loads the model and PEFT; the pushes run in a fresh process, as a CLI push would
+            f"b.build_artifacts(Path({str(work / 'artifacts')!r}), {2 * pushes + 1})",
+            f"print(json.dumps(b.worker({pushes}, Path({str(work)!r}))))",
+        )
+        for step in steps:
+            done = subprocess.run([sys.executable, "-c", prefix + step], env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{label} side failed:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
