@@ -10,7 +10,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -73,6 +73,9 @@ class Manifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     lorafleet_version: str
     library_versions: dict[str, str] = Field(default_factory=dict)
+    speedup_plan: dict[str, Any] = Field(
+        default_factory=dict, description="what the run's speed-up plan decided (lorafleet.train.fast.SpeedupPlan)"
+    )
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
