@@ -88,7 +88,7 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
     fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row)
     if dist.is_main:
-        Console(stderr=True).print(fast.describe(), highlight=False)
+        Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     forward_model = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
