@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -90,6 +90,9 @@ class Manifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     lorafleet_version: str
     library_versions: dict[str, str] = Field(default_factory=dict)
+    speedup_plan: dict[str, Any] = Field(
+        default_factory=dict, description="what the run's speed-up plan decided (lorafleet.train.fast.SpeedupPlan)"
+    )
     restamped_at: datetime | None = Field(
         None, description="when `adapters restamp` replaced a format-1 base_fingerprint: from then on the binding "
         "to the base's weight values rests on the word of whoever ran it, not on training",

@@ -15,22 +15,42 @@ registers and rounding once, as the torch path does for its outputs:
   about ten passes (two products, a half-swap with cat and neg, an add, each for q and k, on strided
   views). The H200 profile put those at ~0.7 ms per layer (BENCHMARKS.md, round 4). The math is in
   fp32 when cos/sin are fp32 (a QLoRA model's fp32 residual stream), like transformers' promotion.
+  The fused attention (``layers.py``) calls it in place of the architecture's ``apply_rotary_pos_emb``.
 
-``triton_problem`` (and ``dropout_problem``, ``rope_problem``) run each kernel once against the torch
-version before they are used; any error or mismatch turns them off for that model (the caller records why).
+``triton_problem``, ``dropout_problem`` and ``rope_problem`` run each kernel once against the torch
+version on the device (``facts.DeviceFacts.probe``, once per run); any error or mismatch turns that
+kernel off for the run, and the plan says why.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-RmsState = tuple  # opaque: what ``rms_norm`` hands to ``rms_norm_grad``
+
+@dataclass(frozen=True)
+class RmsState:
+    """What ``rms_norm`` hands to ``rms_norm_grad``: which kernel ran, its per-row 1/rms, and the Triton
+    kernel's launch settings. ``rstd`` travels through autograd's saved tensors (checkpoint-safe), so
+    the functions that keep a state store it without (``without_rstd``) and put it back for backward."""
+
+    kind: Literal["torch", "triton"]
+    rstd: Tensor | None  # (tokens,) or (tokens, 1) fp32
+    block: int = 0
+    warps: int = 0
+    mode: int = 0
+
+    def without_rstd(self) -> RmsState:
+        return dataclasses.replace(self, rstd=None)
+
+    def with_rstd(self, rstd: Tensor) -> RmsState:
+        return dataclasses.replace(self, rstd=rstd)
 
 
 def rms_norm(h: Tensor, weight: Tensor, eps: float, triton: bool) -> tuple[Tensor, RmsState]:
@@ -39,24 +59,23 @@ def rms_norm(h: Tensor, weight: Tensor, eps: float, triton: bool) -> tuple[Tenso
         from liger_kernel.ops.rms_norm import rms_norm_forward
 
         out, _, rstd, block, warps, mode = rms_norm_forward(h, weight, eps, 0.0, "llama", None)
-        return out, ("triton", rstd, block, warps, mode)
+        return out, RmsState("triton", rstd, block, warps, mode)
     hf = h.float()
     rstd = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)  # (tokens, 1) fp32
-    return weight.to(h.dtype) * (hf * rstd).to(h.dtype), ("torch", rstd)
+    return weight.to(h.dtype) * (hf * rstd).to(h.dtype), RmsState("torch", rstd)
 
 
 def rms_norm_grad(dx: Tensor, h: Tensor, weight: Tensor, state: RmsState, overwrite_dx: bool = False) -> Tensor:
     """Input gradient of ``rms_norm`` (the weight is frozen). ``overwrite_dx`` lets the Triton path
     write the result into ``dx``'s memory (only when the caller owns dx)."""
-    if state[0] == "triton":
+    if state.kind == "triton":
         from liger_kernel.ops.rms_norm import rms_norm_backward
 
-        _, rstd, block, warps, mode = state
         rows = h.reshape(-1, h.shape[-1])  # the kernel reads h's row stride: it must be 2-D
-        dh, _ = rms_norm_backward(dx.contiguous(), rows, weight, rstd, 0.0, mode, block, warps, overwrite_dx, None,
-                                  needs_dw=False)
+        dh, _ = rms_norm_backward(dx.contiguous(), rows, weight, state.rstd, 0.0, state.mode, state.block,
+                                  state.warps, overwrite_dx, None, needs_dw=False)
         return dh.to(h.dtype)
-    rstd = state[1]
+    rstd = state.rstd
     n = h.float() * rstd
     dn = dx.float() * weight.float()
     return (rstd * (dn - n * (dn * n).mean(-1, keepdim=True))).to(h.dtype)
@@ -87,7 +106,6 @@ def silu_mul_grad(gate: Tensor, up: Tensor, d_act: Tensor, triton: bool) -> tupl
     return d_gate, d_up
 
 
-@functools.cache
 def triton_problem(device: torch.device) -> str | None:
     """None when the Triton kernels run on ``device`` and agree with the torch versions (bf16, within
     bf16 rounding); else why not (missing package, compile error, mismatch)."""
@@ -115,7 +133,6 @@ def triton_problem(device: torch.device) -> str | None:
     return None
 
 
-@functools.cache
 def dropout_problem(device: torch.device) -> str | None:
     """None when the Triton dropout kernel (``dropout_kernel.py``) runs on ``device`` and behaves as
     dropout: the same seed gives the same mask and another seed another one, about p of the elements
@@ -123,7 +140,7 @@ def dropout_problem(device: torch.device) -> str | None:
     if device.type != "cuda":
         return "not a CUDA device"
     try:
-        from lorafleet.train import dropout_kernel
+        from lorafleet.train.fast import dropout_kernel
 
         g = torch.Generator(device=device).manual_seed(0)
         x = (torch.randn(512, 4096, device=device, generator=g).abs() + 0.5).to(torch.bfloat16)
@@ -143,26 +160,6 @@ def dropout_problem(device: torch.device) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def triton_rope(module_name: str, on: bool = True):
-    """Within this block the attention code of ``module_name`` (e.g. transformers' modeling_llama)
-    calls Liger's Triton RoPE instead of its own ``apply_rotary_pos_emb``; restored on exit. Wraps
-    one attention call (forward or its recomputation), never a whole model."""
-    module = sys.modules.get(module_name)
-    if not on or module is None or not hasattr(module, "apply_rotary_pos_emb"):
-        yield
-        return
-    from liger_kernel.transformers.rope import liger_rotary_pos_emb
-
-    original = module.apply_rotary_pos_emb
-    module.apply_rotary_pos_emb = liger_rotary_pos_emb
-    try:
-        yield
-    finally:
-        module.apply_rotary_pos_emb = original
-
-
-@functools.cache
 def rope_problem(device: torch.device, module_name: str) -> str | None:
     """None when Liger's RoPE agrees with ``module_name``'s ``apply_rotary_pos_emb`` on ``device``
     (forward and backward, bf16 q/k, fp32 and bf16 cos/sin, within bf16 rounding); else why not."""

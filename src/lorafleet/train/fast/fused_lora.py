@@ -10,12 +10,16 @@ each time). These functions compute the same function with:
 * only the tensors backward truly needs saved: the layer input and the (tokens, r) LoRA activations,
   plus, for the MLP, the gate and up projections (the SiLU product is recomputed, it is elementwise);
 * frozen base weights: no weight gradient, and an NF4 weight dequantized once in forward and once in
-  backward; inside a recomputed region (``keep_dense_weights``) the weight dequantized by the
+  backward; inside a recomputed region (``keep_dense``) the weight dequantized by the
   recomputation is saved for backward instead of being dequantized a third time (it lives from the
   recomputation until that layer's backward is done, never across layers);
 * RMSNorm and the SiLU·mul forward/backward as single Triton kernels on CUDA (``kernels.py``);
-* with ``triton_dropout`` (CUDA), the dropout masks drawn in registers by one Triton kernel per pass
-  instead of being written out by torch and multiplied in (``dropout_kernel.py``).
+* with ``device_seeds`` (passes replayed from CUDA graphs, ``graphs.py``), dropout seeds drawn on the
+  device and the masks drawn in registers by one Triton kernel (``dropout_kernel.py``): a seed drawn on
+  the host would be frozen into the graph and every replay would drop the same elements.
+
+What a call needs is passed in, never read from global state: ``keep_dense`` (the caller runs it inside
+a region that is recomputed in backward) and ``device_seeds`` (the plan's CUDA graphs) are arguments.
 
 Gradients flow to ``lora_A`` / ``lora_B`` (any dtype; returned in the parameter's dtype). The math is
 PEFT's vanilla LoRA (no DoRA); rounding differs only where one fused matmul replaces two bf16 steps.
@@ -23,42 +27,10 @@ PEFT's vanilla LoRA (no DoRA); rounding differs only where one fused matmul repl
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 from torch import Tensor, nn
 
-from lorafleet.train.kernels import rms_norm, rms_norm_grad, silu_mul, silu_mul_grad
-
-_LOCAL = threading.local()  # per-thread flags: backward may run on another thread than forward
-
-
-@contextlib.contextmanager
-def _flag(name: str):
-    """Set the per-thread flag ``name`` within the block (restoring what it was after)."""
-    previous = getattr(_LOCAL, name, False)
-    setattr(_LOCAL, name, True)
-    try:
-        yield
-    finally:
-        setattr(_LOCAL, name, previous)
-
-
-def _flagged(name: str) -> bool:
-    return getattr(_LOCAL, name, False)
-
-
-def keep_dense_weights():
-    """Within this block the fused functions save their dense (dequantized) base weights for backward.
-    Only for regions that are recomputed in backward (activation checkpointing, host offload): there
-    the first forward's saved tensors are dropped and the recomputation's feed backward directly, so
-    backward skips one dequantization per weight. The flag is per thread (backward may run on another)."""
-    return _flag("keep_dense")
-
-
-def _keeping_dense() -> bool:
-    return _flagged("keep_dense")
+from lorafleet.train.fast.kernels import RmsState, rms_norm, rms_norm_grad, silu_mul, silu_mul_grad
 
 
 def dense_weight(base: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -77,22 +49,15 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
 
 
-def device_seeds():
-    """Within this block dropout seeds are drawn on the device (``dropout_kernel.device_seed``) and the
-    masks by the Triton kernel: what CUDA-graph capture needs (``graphs.py``), since a seed drawn on the
-    host would be frozen into the graph and every replay would drop the same elements."""
-    return _flag("device_seeds")
+Seed = int | Tensor  # a host int (torch masks) or a one-element device tensor (Triton masks)
 
 
-Seed = int | Tensor  # a host int (torch or Triton masks) or a one-element device tensor (Triton masks)
-
-
-def new_seed(device: torch.device | None = None) -> Seed:
+def new_seed(device: torch.device | None = None, on_device: bool = False) -> Seed:
     """A dropout seed drawn from torch's CPU generator: reproducible under ``torch.manual_seed`` and
-    restored by checkpoint recomputation (which saves and restores the CPU RNG state). Inside
-    ``device_seeds`` (and given the CUDA ``device``): a device tensor from the default CUDA generator."""
-    if device is not None and device.type == "cuda" and _flagged("device_seeds"):
-        from lorafleet.train import dropout_kernel
+    restored by checkpoint recomputation (which saves and restores the CPU RNG state). ``on_device`` with
+    a CUDA ``device``: a device tensor from the default CUDA generator (safe inside graph capture)."""
+    if on_device and device is not None and device.type == "cuda":
+        from lorafleet.train.fast import dropout_kernel
 
         return dropout_kernel.device_seed(device)
     return int(torch.randint(0, 2**62, (1,)).item())
@@ -107,21 +72,21 @@ def keep_mask(x: Tensor, p: float, seed: int) -> Tensor:
     return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
 
 
-def dropped(x: Tensor, p: float, seed: Seed, triton: bool = False) -> Tensor:
-    """x * keep_mask(x, p, seed) (no rescale); ``triton`` (always for a device seed): the mask drawn in
-    the kernel, never stored."""
-    if triton or isinstance(seed, Tensor):
-        from lorafleet.train import dropout_kernel
+def dropped(x: Tensor, p: float, seed: Seed) -> Tensor:
+    """x * keep_mask(x, p, seed) (no rescale); for a device seed the mask is drawn in the Triton kernel,
+    never stored."""
+    if isinstance(seed, Tensor):
+        from lorafleet.train.fast import dropout_kernel
 
         return dropout_kernel.dropped(x, p, seed)
     return x * keep_mask(x, p, seed)
 
 
 def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: Seed,
-                  bias: Tensor | None, triton: bool = False) -> tuple[Tensor, Tensor]:
+                  bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """y = x @ w.T + scale * (dropout(x) @ a.T) @ b.T (+ bias); returns (y, low) with low (tokens, r)."""
     if p > 0:
-        low = dropped(x, p, seed, triton) @ a.t()  # (tokens, r)
+        low = dropped(x, p, seed) @ a.t()  # (tokens, r)
         low.mul_(1.0 / (1.0 - p))
     else:
         low = x @ a.t()
@@ -133,11 +98,11 @@ def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: f
 
 
 def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float,
-                   p: float, seed: Seed, need_dx: bool, triton: bool = False) -> tuple[Tensor | None, Tensor, Tensor]:
+                   p: float, seed: Seed, need_dx: bool) -> tuple[Tensor | None, Tensor, Tensor]:
     """Gradients of ``_lora_forward`` for x (if need_dx), a and b; the base weight gets none."""
     grad_b = (dy.t() @ low) * scale  # (out, r)
-    if p > 0 and (triton or isinstance(seed, Tensor)):
-        from lorafleet.train import dropout_kernel
+    if p > 0 and isinstance(seed, Tensor):
+        from lorafleet.train.fast import dropout_kernel
 
         d_low = (dy @ b) * (scale / (1.0 - p))
         grad_a = d_low.t() @ dropout_kernel.dropped(x, p, seed)
@@ -164,21 +129,22 @@ def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: 
 
 
 class LoraLinearFunction(torch.autograd.Function):
-    """One LoRA linear layer over a frozen base layer (see module docstring)."""
+    """One LoRA linear layer over a frozen base layer (see module docstring).
+
+    ``apply(x, lora_a, lora_b, base, scale, p, keep_dense=False, device_seeds=False)``.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, lora_a: Tensor, lora_b: Tensor, base: nn.Module, scale: float, p: float,
-                triton_dropout: bool = False):
-        seed = new_seed(x.device) if p > 0 else 0
+                keep_dense: bool = False, device_seeds: bool = False):
+        seed = new_seed(x.device, device_seeds) if p > 0 else 0
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (tokens, in)
             w = dense_weight(base, dtype)
-            y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias,
-                                   triton_dropout)
-        ctx.save_for_backward(x, low, lora_a, lora_b, *((w,) if _keeping_dense() else ()))
+            y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias)
+        ctx.save_for_backward(x, low, lora_a, lora_b, *((w,) if keep_dense else ()))
         ctx.base, ctx.scale, ctx.p, ctx.seed, ctx.dtype = base, scale, p, seed, dtype
-        ctx.triton_dropout = triton_dropout
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -191,10 +157,10 @@ class LoraLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             w = kept[0] if kept else dense_weight(ctx.base, dtype)
         dx, grad_a, grad_b = _lora_backward(dy2, flat, low, w, lora_a.to(dtype), lora_b.to(dtype), ctx.scale,
-                                            ctx.p, ctx.seed, ctx.needs_input_grad[0], ctx.triton_dropout)
+                                            ctx.p, ctx.seed, ctx.needs_input_grad[0])
         if dx is not None:
             dx = dx.reshape(x.shape).to(x.dtype)
-        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None
+        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None, None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -204,15 +170,14 @@ class RMSNormFunction(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, eps: float, triton: bool = False):
         h = h.contiguous()
         out, state = rms_norm(h, weight, eps, triton)
-        ctx.save_for_backward(h, state[1], weight)
-        ctx.state = state[:1] + (None,) + state[2:]  # rstd goes through saved_tensors (checkpoint-safe)
+        ctx.save_for_backward(h, state.rstd, weight)
+        ctx.state = state.without_rstd()  # rstd goes through saved_tensors (checkpoint-safe)
         return out
 
     @staticmethod
     def backward(ctx, dx: Tensor):
         h, rstd, weight = ctx.saved_tensors
-        state = ctx.state[:1] + (rstd,) + ctx.state[2:]
-        return rms_norm_grad(dx, h, weight, state), None, None, None
+        return rms_norm_grad(dx, h, weight, ctx.state.with_rstd(rstd)), None, None, None
 
 
 class NormLoraMLPFunction(torch.autograd.Function):
@@ -220,23 +185,22 @@ class NormLoraMLPFunction(torch.autograd.Function):
 
     Saves the block input h (tokens, hidden), rstd, gate and up outputs (tokens, inter) and the three
     (tokens, r) LoRA activations; recomputes the norm, dropout masks and silu(gate) * up in backward.
-    ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py),
-    ``triton_dropout`` the dropout masks (dropout_kernel.py).
+    ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py); ``keep_dense``
+    and ``device_seeds`` as for ``LoraLinearFunction``.
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, norm_weight: Tensor, eps: float, bases: tuple[nn.Module, ...],
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
-                ad: Tensor, bd: Tensor, triton: bool = False, triton_dropout: bool = False):
+                ad: Tensor, bd: Tensor, triton: bool = False, keep_dense: bool = False, device_seeds: bool = False):
         dtype = compute_dtype(h)
-        seeds = tuple(new_seed(h.device) if p > 0 else 0 for _ in range(3))
+        seeds = tuple(new_seed(h.device, device_seeds) if p > 0 else 0 for _ in range(3))
         h = h.contiguous()
-        keep = _keeping_dense()
         kept: list[Tensor] = []
 
         def weight(i: int) -> Tensor:  # dequantized at use; held past it only inside a recomputed region
             w = dense_weight(bases[i], dtype)
-            if keep:
+            if keep_dense:
                 kept.append(w)
             return w
 
@@ -244,45 +208,41 @@ class NormLoraMLPFunction(torch.autograd.Function):
             flat = h.reshape(-1, h.shape[-1])
             x, state = rms_norm(flat, norm_weight, eps, triton)  # (tokens, hidden)
             x = x.to(dtype)
-            gate, low_g = _lora_forward(x, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p, seeds[0], bases[0].bias,
-                                       triton_dropout)
-            up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias,
-                                   triton_dropout)
+            gate, low_g = _lora_forward(x, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p, seeds[0], bases[0].bias)
+            up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias)
             del x
             act = silu_mul(gate, up, triton)  # (tokens, inter)
-            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias,
-                                       triton_dropout)
-        ctx.save_for_backward(h, state[1], norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
-        ctx.state = state[:1] + (None,) + state[2:]
+            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias)
+        ctx.save_for_backward(h, state.rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
+        ctx.state = state.without_rstd()
         ctx.bases, ctx.scales, ctx.p, ctx.seeds, ctx.eps, ctx.dtype = bases, scales, p, seeds, eps, dtype
-        ctx.triton, ctx.triton_dropout = triton, triton_dropout
+        ctx.triton = triton
         return y.reshape(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept = ctx.saved_tensors
         dtype, p, seeds, scales, bases, triton = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases, ctx.triton
-        td = ctx.triton_dropout
-        state = ctx.state[:1] + (rstd,) + ctx.state[2:]
+        state: RmsState = ctx.state.with_rstd(rstd)
         dense = kept or [None, None, None]
         weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype)  # noqa: E731
         flat = h.reshape(-1, h.shape[-1])
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         act = silu_mul(gate, up, triton)
         d_act, grad_ad, grad_bd = _lora_backward(dy2, act, low_d, weight(2), ad.to(dtype), bd.to(dtype), scales[2],
-                                                 p, seeds[2], True, td)
+                                                 p, seeds[2], True)
         del act
         # The Triton path writes d_gate / d_up over gate / up (saved tensors, not needed after this).
         d_gate, d_up = silu_mul_grad(gate, up, d_act, triton)
         del d_act
         x = rms_norm(flat, norm_weight, ctx.eps, triton)[0].to(dtype)
         dx, grad_ag, grad_bg = _lora_backward(d_gate, x, low_g, weight(0), ag.to(dtype), bg.to(dtype), scales[0], p,
-                                              seeds[0], True, td)
+                                              seeds[0], True)
         dx_up, grad_au, grad_bu = _lora_backward(d_up, x, low_u, weight(1), au.to(dtype), bu.to(dtype), scales[1], p,
-                                                 seeds[1], True, td)
+                                                 seeds[1], True)
         dx += dx_up
         del dx_up, x, d_gate, d_up
         dh = rms_norm_grad(dx.to(h.dtype), flat, norm_weight, state, overwrite_dx=True).reshape(h.shape)
         grads = [g.to(t.dtype) for g, t in ((grad_ag, ag), (grad_bg, bg), (grad_au, au), (grad_bu, bu),
                                             (grad_ad, ad), (grad_bd, bd))]
-        return (dh, None, None, None, None, None, *grads, None, None)
+        return (dh, None, None, None, None, None, *grads, None, None, None)

@@ -1,5 +1,9 @@
 """Dropout on the LoRA path as one Triton kernel per pass, its mask never stored (CUDA only).
 
+Used for the passes of a run with CUDA graphs (``graphs.py``), whose seeds are drawn on the device; an
+eager run keeps torch's masks (the kernel alone measured slower, BENCHMARKS.md round 4). The plan turns
+graphs off when ``kernels.dropout_problem`` finds the kernel wrong on the device and dropout is on.
+
 The torch path (``fused_lora.keep_mask``) writes a whole (tokens, width) 0/1 mask with a seeded
 generator, then multiplies: at the Llama-8B shape the H200 profile put that at ~0.7 ms per layer for
 the masks plus ~1 ms of mask multiplies and adds (BENCHMARKS.md, round 4). Here the keep decision

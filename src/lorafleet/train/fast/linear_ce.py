@@ -11,12 +11,16 @@ cannot capture; these are plain torch ops with no host sync (``graphs.py`` captu
 Numerics follow the plain path under bf16 autocast: logits come from a matmul in the hidden state's
 dtype, the softmax and loss are in fp32, and the logit gradient is rounded to the hidden dtype before
 its matmul with W (what autocast's matmul backward does).
+
+``hidden_state_loss_sum`` is the fused path's training loss: the decoder's last hidden state through
+the head, with no post-processing of the logits; exact only for architectures whose causal-LM head is a
+plain linear (the allow-list in ``architectures.py``).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lorafleet.data.dataset import IGNORE_INDEX
 
@@ -67,3 +71,22 @@ def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, target: Tensor) -> 
     """See ``LinearCrossEntropySum``; ``hidden`` may be any (..., h) shape, ``target`` its leading shape."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     return LinearCrossEntropySum.apply(flat, weight.to(flat.dtype), target.reshape(-1))
+
+
+def hidden_state_loss_sum(model: nn.Module, input_ids: Tensor, labels: Tensor, fused: bool = True,
+                          **model_kwargs) -> tuple[Tensor, Tensor]:
+    """(sum of next-token cross-entropy over labelled positions, number of them as a tensor, so that
+    no host sync is forced): labels are shifted here, IGNORE_INDEX positions carry no loss.
+    ``fused`` takes the loss from the hidden states in chunks (``LinearCrossEntropySum``), never building
+    the logits; otherwise the logits are built and the loss taken in fp32."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=input_ids, **model_kwargs).last_hidden_state  # (batch, seq, hidden)
+    head = base.get_output_embeddings()
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    target = labels[:, 1:].reshape(-1)
+    count = (target != IGNORE_INDEX).sum()
+    if fused and head.bias is None:
+        dtype = torch.get_autocast_dtype(flat.device.type) if torch.is_autocast_enabled(flat.device.type) else flat.dtype
+        return linear_cross_entropy_sum(flat.to(dtype), head.weight, target), count
+    logits = head(flat).float()  # (tokens, vocab)
+    return nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum"), count

@@ -1,4 +1,4 @@
-"""Memory plan for the CUDA speed-ups: how many rows per forward pass, and what to recompute.
+"""Memory plan for the fused path: how many rows per forward pass, and what to recompute.
 
 Pure functions of the model shape and a byte budget, so the plan is testable without a GPU. The
 per-token estimate counts what a fused Llama-family layer keeps until backward (bf16, 2 bytes per
@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Checkpointing = Literal["auto", "none", "attention", "offload", "hf"]
+# What backward recomputes: nothing, the attention block, whole layers from inputs kept in host memory
+# ("offload"), or every layer as transformers' own checkpointing does ("transformers", the plain path).
+Recompute = Literal["none", "attention", "offload", "transformers"]
 MARGIN_BYTES = 512 * 2**20  # allocator rounding and small transients the estimate does not itemize
 TRAINABLE_BYTES_PER_PARAM = 12  # fp32 gradient + optimizer state (AdamW fp32: 8; paged 8-bit: 2)
 
@@ -35,8 +37,9 @@ class ModelDims:
 
     @classmethod
     def from_config(cls, config) -> ModelDims:
-        kv_dim = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-        return cls(config.hidden_size, config.intermediate_size, kv_dim, config.num_hidden_layers)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.hidden_size, config.intermediate_size, config.num_key_value_heads * head_dim,
+                   config.num_hidden_layers)
 
 
 def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False, residual_bytes: int = 2) -> int:
@@ -45,23 +48,23 @@ def activation_bytes_per_token(dims: ModelDims, mode: str, triton: bool = False,
     Kept per layer until backward: ``none`` = layer input, normed input, mid residual (3h in the
     residual stream's dtype, ``residual_bytes``: 4 when a QLoRA model keeps fp32 embeddings) plus
     rotated q, attention output, k, v, gate, up (2h + 2kv + 2i in bf16); ``attention`` = layer input,
-    mid residual (2h residual) + gate, up; ``hf`` = layer input; ``offload`` = nothing on the GPU.
+    mid residual (2h residual) + gate, up; ``transformers`` = layer input; ``offload`` = nothing on the GPU.
     Transient: the recomputed part of one layer, the SwiGLU backward temporaries (16 bytes per
     intermediate element in eager torch, 4 with the Triton kernels) and the loss head's hidden
     state and its gradient (2h residual).
     """
     h, i, kv, r = dims.hidden, dims.intermediate, dims.kv_dim, residual_bytes
     full_layer = 3 * h * r + 2 * (2 * h + 2 * kv + 2 * i)
-    kept = {"none": full_layer, "attention": 2 * h * r + 2 * 2 * i, "hf": h * r, "offload": 0}[mode]
+    kept = {"none": full_layer, "attention": 2 * h * r + 2 * 2 * i, "transformers": h * r, "offload": 0}[mode]
     recomputed = {"none": 0, "attention": h * r + 2 * (2 * h + 2 * kv)}.get(mode, full_layer)
     mlp_temp = (4 if triton else 16) * i
     return dims.layers * kept + recomputed + mlp_temp + 2 * h * r
 
 
 def plan_micro_batch(rows: int, row_tokens: int, dims: ModelDims, activation_budget: int,
-                     checkpointing: Checkpointing = "auto", micro_batch: int | None = None,
-                     triton: bool = False, residual_bytes: int = 2,
-                     no_recompute_first: bool = False) -> tuple[int, Checkpointing]:
+                     checkpointing: Literal["auto", "none", "attention", "offload"] = "auto",
+                     micro_batch: int | None = None, triton: bool = False, residual_bytes: int = 2,
+                     no_recompute_first: bool = False) -> tuple[int, Recompute]:
     """(rows per forward pass, checkpointing) for batches of ``rows`` rows of at most ``row_tokens``.
 
     ``activation_budget`` is what activations may take (the caller has already subtracted weights,

@@ -5,6 +5,7 @@ Forward runs the layer without building a graph and copies its input to the host
 allocator does not round up. Backward copies it back, recomputes the
 layer with the same RNG state and autocast setting, and back-propagates through it. GPU memory then
 holds one layer's activations at a time, not one input per layer: the basis of very long contexts.
+The side stream is made once per patched model (``patch.py``) and handed to every offloaded layer.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-
-_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def power_of_two_parts(n: int) -> list[int]:
@@ -25,22 +24,15 @@ def power_of_two_parts(n: int) -> list[int]:
     return [1 << bit for bit in range(n.bit_length() - 1, -1, -1) if n >> bit & 1]
 
 
-def _copy_stream(device: torch.device) -> torch.cuda.Stream:
-    """One side stream per device for host copies (created on first use, reused after)."""
-    if device not in _STREAMS:
-        _STREAMS[device] = torch.cuda.Stream(device)
-    return _STREAMS[device]
-
-
 class OffloadedLayerFunction(torch.autograd.Function):
-    """``apply(run, hidden, anchor)``: returns ``run(hidden)``. ``anchor`` is an empty tensor that
+    """``apply(run, hidden, anchor, stream)``: returns ``run(hidden)``. ``anchor`` is an empty tensor that
     requires grad, so backward is reached even when nothing else entering the layer does (the LoRA
-    parameters are used inside ``run``, not passed in)."""
+    parameters are used inside ``run``, not passed in); ``stream`` is the side stream for host copies."""
 
     @staticmethod
-    def forward(ctx, run: Callable[[Tensor], Tensor], hidden: Tensor, anchor: Tensor) -> Tensor:
+    def forward(ctx, run: Callable[[Tensor], Tensor], hidden: Tensor, anchor: Tensor,
+                stream: torch.cuda.Stream) -> Tensor:
         device = hidden.device
-        stream = _copy_stream(device)
         flat = hidden.contiguous().view(-1)
         parts, start = [], 0
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -78,4 +70,4 @@ class OffloadedLayerFunction(torch.autograd.Function):
         torch.autograd.backward(out, grad_out)
         grad_in = hidden.grad if ctx.input_requires_grad else None
         ctx.host = None
-        return None, grad_in, None
+        return None, grad_in, None, None

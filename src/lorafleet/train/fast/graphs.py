@@ -11,9 +11,9 @@ compiles Triton kernels and sets up cuBLAS), then it is captured, and from then 
 shape copies its tensors into the graph's static inputs and replays. What makes a pass capturable:
 
 * no host syncs: the loss count stays a tensor, the head's loss is ``linear_ce.py``, not Liger's;
-* dropout seeds drawn on the device (``fused_lora.device_seeds``): a host seed would be frozen into
-  the graph and every replay would drop the same elements; the eager passes draw them the same way,
-  so both paths compute the same function;
+* dropout seeds drawn on the device (the plan's ``cuda_graphs`` builds the fused layers with
+  ``device_seeds``): a host seed would be frozen into the graph and every replay would drop the same
+  elements; the eager passes draw them the same way, so both paths compute the same function;
 * gradients accumulate into ``.grad`` tensors allocated before capture (the replay adds into the same
   memory), so callers zero them in place (``zero_grad(set_to_none=False)``), never drop them;
 * no autograd graph outlives its pass: autograd ties each parameter's gradient-accumulation node to
@@ -24,7 +24,11 @@ shape copies its tensors into the graph's static inputs and replays. What makes 
   loss is copied out right away), so the pool is as large as the largest pass.
 
 Same results: a replay runs the kernels the eager pass ran, on the same inputs. Not captured: the
-optimizer step, gradient clipping and evaluation (eager, between replays).
+optimizer step, gradient clipping and evaluation (eager, between replays). Whether graphs run at all
+is the plan's decision (``plan.py``: one process, no recompute, no loss scaling, no packing, ...).
+
+Memory: before a capture the allocator's cached blocks are handed back (``torch.cuda.empty_cache``), so
+the eager warm-up passes' blocks and the graph's private pool are not both held at the peak.
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from lorafleet.train.fused_lora import device_seeds
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +53,6 @@ class _Captured:
     inputs: dict[str, Tensor]  # static: each pass copies its batch in
     scale: Tensor  # static 0-dim fp32: the loss multiplier of this pass
     loss: Tensor  # static 0-dim: the pass's loss sum, overwritten by each replay
-
-
-def capture_problem(checkpointing: str, distributed: bool = False, loss_scaling: bool = False,
-                    packing: bool = False) -> str | None:
-    """Why a training pass cannot be captured, or None when it can."""
-    if distributed:
-        return "several processes (DDP hooks run in backward)"
-    if loss_scaling:
-        return "fp16 loss scaling"
-    if packing:
-        return "packing (flash-attention reads sample boundaries on the host)"
-    if checkpointing != "none":  # recomputation in backward runs on autograd's thread, which draws host seeds
-        return f"checkpointing {checkpointing} (recomputed passes redraw dropout seeds)"
-    return None
 
 
 def shape_key(batch: dict[str, Tensor]) -> ShapeKey:
@@ -102,9 +90,8 @@ class PassGraphs:
             captured.graph.replay()
             self.replays += 1
             return captured.loss.detach().clone()
-        with device_seeds():
-            loss = self.loss_fn(batch)
-            (loss * scale).backward()
+        loss = self.loss_fn(batch)
+        (loss * scale).backward()
         result = loss.detach()
         del loss  # its autograd graph (and the AccumulateGrad nodes, tied to this stream) must not outlive the pass
         self.eager += 1
@@ -126,8 +113,9 @@ class PassGraphs:
         scale = torch.zeros((), dtype=torch.float32, device=next(iter(batch.values())).device)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the warm-up passes' cached blocks: not held beside the graph's pool
         self._stream = self._stream or torch.cuda.Stream()
-        with device_seeds(), torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
             loss = self.loss_fn(inputs)
             (loss * scale).backward()
         if any(p.grad is not g for p, g in zip(self.params, grads, strict=True)):
