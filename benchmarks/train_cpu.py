@@ -11,7 +11,8 @@ Rows, on the same samples:
               metrics.jsonl), timed from its own per-step tokens/s
 Each row runs --warmup untimed steps, then --steps timed ones; a repeat runs both rows, in alternating
 order (the machine may be shared, so load drifts), --repeats times. The table gives min and median
-tokens/s per row; the ratio is of medians. --json writes every step's time.
+tokens/s per row; the ratio is of medians. --json writes every step's time and the load average before
+each run (on a 2-core machine a load above 2 means other work competed for the cores).
 
     python benchmarks/train_cpu.py --seq 256 --batch 2 --warmup 2 --steps 4 --repeats 3 --json FILE
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -127,24 +129,26 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = ["plain", "lorafleet"] if repeat % 2 == 0 else ["lorafleet", "plain"]
             for which in order:
+                load = os.getloadavg()[0]  # the machine may be shared: what else ran is part of the result
                 if which == "plain":
                     seconds = plain_peft(model_dir, samples, args.batch, steps)
                 else:
                     seconds = lorafleet_loop(data, Path(tmp) / f"adapter-{repeat}", args.batch, args.seq, steps)
                 timed = seconds[args.warmup :]
-                runs[which].append({"repeat": repeat, "step_seconds": seconds,
+                runs[which].append({"repeat": repeat, "step_seconds": seconds, "load_average_1min": load,
                                     "tokens_per_s": step_tokens * len(timed) / sum(timed)})
-                print(f"repeat {repeat} {which}: {runs[which][-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+                print(f"repeat {repeat} {which}: {runs[which][-1]['tokens_per_s']:.1f} tokens/s (load {load:.1f})",
+                      flush=True)
     stats = {k: {"min": min(r["tokens_per_s"] for r in v), "median": statistics.median(r["tokens_per_s"] for r in v)}
              for k, v in runs.items()}
     ratio = stats["lorafleet"]["median"] / stats["plain"]["median"]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     table = Table(title=f"LoRA training on CPU — {EMBEDDED_DEFAULT}, fp32, r={R} all-linear, seq {args.seq}, "
                         f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, {args.repeats} repeats")
-    for column in ("loop", "median tokens/s", "min tokens/s", "runs", "vs plain (medians)"):
+    for column in ("loop", "median tokens/s", "min tokens/s", "runs (load)", "vs plain (medians)"):
         table.add_column(column)
     for key, label in (("plain", "plain transformers + PEFT (use_cache=False)"), ("lorafleet", "lorafleet train")):
-        all_runs = ", ".join(f"{r['tokens_per_s']:.1f}" for r in runs[key])
+        all_runs = ", ".join(f"{r['tokens_per_s']:.1f} ({r['load_average_1min']:.1f})" for r in runs[key])
         table.add_row(label, f"{stats[key]['median']:.1f}", f"{stats[key]['min']:.1f}", all_runs,
                       "1.00" if key == "plain" else f"{ratio:.2f}")
     console = Console()

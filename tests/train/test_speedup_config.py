@@ -13,6 +13,7 @@ from prepared_data import tiny_config
 from lorafleet.config import ConfigError, SpeedupConfig, TrainConfig, load_train_config
 from lorafleet.train.data import open_prepared
 from lorafleet.train.distributed import init_distributed
+from lorafleet.train.fast.patch import apply_plan
 from lorafleet.train.loop import PassLoss, train_step
 from lorafleet.train.preflight import PreflightResult
 from lorafleet.train.save import RunPaths, prepare_staging
@@ -85,11 +86,19 @@ def test_cpu_setup_leaves_the_model_alone(tiny_model: Path, tiny_data: Path, tmp
     assert {p.dtype for p in run.model.parameters()} == {torch.float32}
 
 
-def test_smaller_passes_and_hidden_state_loss_train_the_same(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+@pytest.mark.parametrize("fused_layers", [False, True], ids=["loop-only", "fused-layers"])
+def test_smaller_passes_and_hidden_state_loss_train_the_same(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                             fused_layers: bool):
     plain = _run(tiny_model, tiny_data, tmp_path / "plain")
     split = _run(tiny_model, tiny_data, tmp_path / "split")
-    # What the CUDA plan may set; both paths run on any device.
+    # What the CUDA plan may set; all of it runs on any device: one row per pass, the loss from hidden
+    # states, and (fused-layers) the fused decoder layers with attention recompute and rows padded to 64.
     split.plan = dataclasses.replace(split.plan, micro_batch=1)
+    if fused_layers:
+        split.plan = dataclasses.replace(split.plan, fast=True, recompute="attention", fused_lora=True, fused_mlp=True,
+                                         fused_loss=True, pad_multiple=64, architecture="llama")
+        patches = apply_plan(split.model, split.plan)
+        assert patches.fused_layers == 2 and patches.fused_lora_layers == 14
     split.loss = dataclasses.replace(split.loss, fused=True)
     step = plain.batches(0)[0]
     loss_plain, tokens_plain, norm_plain = train_step(plain, [step])

@@ -91,6 +91,22 @@ def choose_optimizer(config: TrainConfig, device: DeviceFacts) -> Optimizer:
     return "adamw-fused" if device.kind == "cuda" else "adamw"
 
 
+def plain_path_reason(config: TrainConfig, device: DeviceFacts, model: ModelFacts) -> str | None:
+    """Why the run must train on the plain transformers + PEFT path, or None when the fused path may run."""
+    if device.kind != "cuda":
+        return "speed-ups are CUDA-only"
+    if not config.speedups.enabled:
+        return "speedups.enabled is false"
+    problem = architecture_problem(model)
+    if problem:
+        return problem
+    if config.dora:
+        return "DoRA (the fused LoRA functions compute plain LoRA): plain path"
+    if model.dims is None:
+        return "no model shape to plan memory with: plain path"
+    return None
+
+
 def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, world_size: int, model: ModelFacts,
                   row_tokens: int, memory_budget: int | None = None) -> SpeedupPlan:
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
@@ -102,11 +118,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     plain = SpeedupPlan(fast=False, rows=rows, micro_batch=fixed_micro or rows,
                         recompute="transformers" if config.gradient_checkpointing else "none",
                         optimizer=choose_optimizer(config, device), architecture=model.model_type)
-    problem = ("speed-ups are CUDA-only" if device.kind != "cuda" else
-               "speedups.enabled is false" if not s.enabled else
-               architecture_problem(model) or
-               ("DoRA (the fused LoRA functions compute plain LoRA): plain path" if config.dora else None) or
-               ("no model shape to plan memory with: plain path" if model.dims is None else None))
+    problem = plain_path_reason(config, device, model)
     if problem:
         return dataclasses.replace(plain, reasons=(problem,))
     reasons: list[str] = []
@@ -154,7 +166,8 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
                                         triton and fused_mlp, residual_bytes, no_recompute_first=wants_graphs)
     graphs = wants_graphs and recompute == "none"
     if wants_graphs and not graphs:
-        reasons.append(f"CUDA graphs off: {capture_problem(recompute)} (needed to fit the memory)")
+        why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
+        reasons.append(f"CUDA graphs off: {capture_problem(recompute)} ({why})")
     return SpeedupPlan(
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
         fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, fused_loss=fused_loss,
