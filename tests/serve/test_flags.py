@@ -58,11 +58,11 @@ def test_no_routed_adapter_uses_the_configured_length_capped_by_the_base() -> No
 @pytest.mark.parametrize(
     ("working_set", "max_loras", "max_cpu_loras", "expected"),
     [
-        (0, 4, 16, (1, 1)),
-        (1, 4, 16, (1, 1)),
-        (3, 4, 16, (3, 3)),
-        (10, 4, 16, (4, 10)),
-        (40, 4, 16, (4, 16)),
+        (0, 4, 16, (1, 16)),
+        (1, 4, 16, (1, 16)),
+        (3, 4, 16, (3, 16)),
+        (10, 4, 16, (4, 16)),
+        (40, 4, 6, (4, 6)),
         (10, 8, 2, (8, 8)),  # --max-cpu-loras may not be below --max-loras
     ],
 )
@@ -131,7 +131,7 @@ def test_command_and_environment() -> None:
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
     for part in ("--host 127.0.0.1", "--port 5000", "--api-key secret", "--dtype float32", "--max-model-len 512",
-                 "--enable-lora", "--max-lora-rank 8", "--max-loras 1", "--max-cpu-loras 1", "--served-model-name base"):
+                 "--enable-lora", "--max-lora-rank 8", "--max-loras 1", "--max-cpu-loras 16", "--served-model-name base"):
         assert part in joined
     assert argv[-2:] == ["--max-num-seqs", "8"]
     assert "--gpu-memory-utilization" not in argv

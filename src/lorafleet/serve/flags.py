@@ -3,8 +3,11 @@
     --max-model-len   = the longest max_seq_length among routed adapters (the seed's pitfall: serving
                         must not allow a longer context than training saw)
     --max-lora-rank   = the smallest rank vLLM accepts that is >= the largest routed rank
-    --max-loras       = the routed working set, capped by config.max_loras
-    --max-cpu-loras   = the routed working set, capped by config.max_cpu_loras (and >= --max-loras)
+    --max-loras       = the routed working set, capped by config.max_loras (vLLM preallocates a slot
+                        per LoRA in every batch, so it is sized to what is routed)
+    --max-cpu-loras   = config.max_cpu_loras, at least --max-loras (a host-memory cache filled on demand:
+                        versions routed after start fit without a restart); the gateway unloads the
+                        least recently used adapter of a replica that holds this many
     --dtype           = bfloat16 on CUDA with bf16 and on CPUs with native bf16, float16 on older CUDA,
                         float32 on other CPUs
     CPU replicas      = each bound to its own cores (VLLM_CPU_OMP_THREADS_BIND) with its own KV-cache size
@@ -84,10 +87,10 @@ def derive_plan(routed: list[ServedVersion], base_max_len: int, host: HostInfo, 
     rank = _max_lora_rank(servable, reasons)
     working_set = max(1, len(servable))
     max_loras = min(working_set, config.max_loras)
-    max_cpu_loras = max(max_loras, min(working_set, config.max_cpu_loras))
+    max_cpu_loras = max(max_loras, config.max_cpu_loras)
     reasons.append(
-        f"--max-loras {max_loras}, --max-cpu-loras {max_cpu_loras}: {len(servable)} routed version(s), "
-        f"capped by max_loras={config.max_loras} / max_cpu_loras={config.max_cpu_loras}"
+        f"--max-loras {max_loras}: {len(servable)} routed version(s), capped by max_loras={config.max_loras}; "
+        f"--max-cpu-loras {max_cpu_loras}: max_cpu_loras={config.max_cpu_loras}, at least --max-loras"
     )
     dtype = _dtype(host, reasons)
     if host.cuda_devices:

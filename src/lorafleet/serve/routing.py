@@ -1,5 +1,6 @@
-"""Pure routing decisions, no I/O: alias → version (weighted canary, sticky), version → replica
-(rendezvous hashing), which adapter a full replica unloads (LRU), and when a failed load is retried.
+"""Pure routing decisions, no I/O: model name → target (base, alias, pinned version), alias → version
+(weighted canary, sticky), version → replica (rendezvous hashing), which adapter a full replica
+unloads (LRU), when a failed load is retried, and what the base model sees in a fallback.
 
 Every hash is `stable_hash` (blake2b), never Python's per-process salted `hash()`, so every gateway
 process — and every gateway sharing one registry — makes the same choice for the same input.
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from lorafleet.registry.aliases import Route
+from lorafleet.registry.fleet import FleetView, ServedVersion
 
 WEIGHT_TOTAL = 100  # alias weights are percentages summing to 100 (registry.aliases.parse_routing)
 
@@ -87,3 +89,49 @@ class LoadFailure:
 def should_try_load(failure: LoadFailure | None, now: float, cooldown_s: float) -> bool:
     """False while a recent load of this version on this replica failed: its traffic falls back instead."""
     return failure is None or now - failure.at >= cooldown_s
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` resolved to: an adapter version, or the base model (`version` None)."""
+
+    alias: str  # the name the client asked for
+    version: ServedVersion | None
+    fallback_prompt: str | None = None
+    canary: bool = False
+
+    @property
+    def key(self) -> str:
+        """What replicas are ranked by: the version, so it stays warm on one replica."""
+        return self.version.ref if self.version else self.alias
+
+
+def resolve(model: str, fleet: FleetView, base_name: str, sticky_key: str | None, rng: random.Random) -> Target | None:
+    """`model` → target: the base model's name, an alias (its weighted pick), or a pinned `NAME@vN`.
+
+    Returns None for a name the fleet does not serve (the gateway answers 404). An alias whose
+    picked version is missing from the registry resolves to that alias with no version found → None.
+    """
+    if model == base_name:
+        return Target(model, None)
+    alias = fleet.aliases.get(model)
+    if alias is not None and alias.routes:
+        pick = pick_route(model, alias.routes, sticky_key, rng)
+        version = fleet.versions.get(pick.route.ref)
+        return Target(model, version, alias.fallback_prompt, pick.canary) if version else None
+    version = fleet.versions.get(model)
+    return Target(model, version) if version else None
+
+
+def served_models(fleet: FleetView, base_name: str) -> list[str]:
+    """What `/v1/models` lists: the base model, then the aliases."""
+    return [base_name, *sorted(fleet.aliases)]
+
+
+def fallback_messages(messages: list, fallback_prompt: str | None) -> list:
+    """The conversation the base model answers in a fallback: the alias's fallback prompt in place of
+    every system (or developer) message; unchanged when the alias has no fallback prompt."""
+    if fallback_prompt is None:
+        return messages
+    kept = [m for m in messages if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
+    return [{"role": "system", "content": fallback_prompt}, *kept]
