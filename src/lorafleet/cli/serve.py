@@ -70,6 +70,7 @@ def ab_report(
     """Compare an alias's versions from the request log: traffic share, p50/p95 latency, errors, fallbacks, tokens."""
     from dataclasses import asdict
 
+    from rich.console import Console
     from rich.table import Table
 
     from lorafleet.serve.abreport import summarize
@@ -93,7 +94,8 @@ def ab_report(
     for s in stats:
         table.add_row(s.version, str(s.requests), f"{s.share:.1%}", _ms(s.p50_latency_s), _ms(s.p95_latency_s), _ms(s.p50_ttft_s),
                       f"{s.error_rate:.1%}", f"{s.fallback_rate:.1%}", _num(s.mean_prompt_tokens), _num(s.mean_completion_tokens))
-    console.print(table)
+    # rich falls back to 80 columns when stdout is not a terminal, which would wrap every cell of this table
+    (console if console.is_terminal else Console(width=160)).print(table)
 
 
 def _ms(seconds: float | None) -> str:
