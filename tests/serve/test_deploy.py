@@ -53,6 +53,7 @@ def test_dashboard_covers_what_the_issue_lists() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # may be the test that starts the session's fleet
 def test_every_named_metric_is_exported(fleet: Fleet) -> None:
     exported: set[str] = set()
     for path in ("/metrics", "/metrics/engines"):

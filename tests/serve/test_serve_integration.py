@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serve_fleet import FALLBACK_PROMPT, Fleet, tail
 
-pytestmark = pytest.mark.integration
+# The first test pays for the session's fleet: training three small adapters and starting two replicas.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

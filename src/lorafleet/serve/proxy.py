@@ -136,8 +136,8 @@ async def dispatch(state: GatewayState, target: Target, body: dict, endpoint: En
         if not replica.healthy:  # went down while an earlier attempt ran
             continue
         for reload_attempt in (0, 1):
-            upstream = await prepare(state, replica, target, body, record)
             try:
+                upstream = await prepare(state, replica, target, body, record)
                 return await forward(state, replica, target, endpoint, upstream, body, record, started, headers)
             except AdapterGone:
                 state.pool.forget(replica, target.key)
@@ -152,15 +152,16 @@ async def dispatch(state: GatewayState, target: Target, body: dict, endpoint: En
 
 async def prepare(state: GatewayState, replica: Replica, target: Target, body: dict, record: RequestRecord) -> dict:
     """The body the engine gets: the version's loaded name, or the base model (and fallback prompt) when it cannot load."""
-    record.replica = replica.name
+    record.replica, record.fallback, record.fallback_reason = replica.name, False, None
     base_id = replica.base_model_id or state.base_name
     if target.version is None:
         return {**body, "model": base_id}
     loaded = await state.pool.ensure_loaded(replica, target.version)
     if loaded.ok:
         return {**body, "model": target.version.ref}
+    if loaded.reason == "engine_down":  # the replica, not the adapter, failed: another replica can load it
+        raise ReplicaGone("the adapter load could not reach the engine")
     record.fallback, record.fallback_reason = True, loaded.reason
-    state.metrics.fallbacks.labels(alias=target.alias, version=target.key, reason=loaded.reason).inc()
     upstream = {**body, "model": base_id}
     if isinstance(body.get("messages"), list):
         upstream["messages"] = fallback_messages(body["messages"], target.fallback_prompt)
@@ -254,6 +255,8 @@ def finish(state: GatewayState, record: RequestRecord, started: float) -> None:
     alias, version = record.alias, record.version or "none"
     m = state.metrics
     m.requests.labels(alias=alias, version=version, status=str(record.status)).inc()
+    if record.fallback:
+        m.fallbacks.labels(alias=alias, version=version, reason=record.fallback_reason or "unknown").inc()
     if record.status < 400:
         m.latency.labels(alias=alias, version=version).observe(record.latency_s)
         if record.ttft_s is not None:

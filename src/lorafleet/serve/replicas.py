@@ -128,7 +128,7 @@ class ReplicaPool:
             result = await self._load(replica, version)
             if result.ok:
                 replica.failures.pop(ref, None)
-            else:
+            elif result.reason != "engine_down":  # a dead engine is the replica's failure, not the adapter's
                 replica.failures[ref] = LoadFailure(time.monotonic(), result.reason)
                 self.metrics.adapter_load_failures.labels(version=ref, replica=replica.name, reason=result.reason).inc()
                 log.warning("loading %s on %s failed (%s); its traffic there falls back to the base model for %.0f s",
