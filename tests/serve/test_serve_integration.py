@@ -19,7 +19,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_fleet import FALLBACK_PROMPT, Fleet, tail
+from serve_fleet import Fleet, tail
 
 # The first test pays for the session's fleet: training three small adapters and starting two replicas.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -39,6 +39,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def log_records(fleet: Fleet) -> list[dict]:
+    time.sleep(1.0)  # the gateway writes its request log out every registry_poll_s (0.5 s here)
     return [json.loads(line) for line in fleet.request_log.read_text().splitlines() if line.strip()]
 
 
@@ -134,7 +135,6 @@ def test_corrupted_store_copy_falls_back_to_base_with_its_prompt(fleet: Fleet) -
     assert record["fallback"] is True and record["fallback_reason"] == "corrupt" and record["version"] == "broken@v1"
     # the gateway and the other adapters keep serving
     assert client.chat.completions.with_raw_response.create(model="greet", messages=QUESTION, max_tokens=2).status_code == 200
-    _ = FALLBACK_PROMPT  # what the base model was told instead of "Always answer in French."
 
 
 def test_engine_refusal_falls_back(fleet: Fleet) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import aiohttp
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,9 +48,9 @@ async def scrape_engines(pool: ReplicaPool) -> bytes:
     return generate_latest(registry)
 
 
-async def _scrape(client: httpx.AsyncClient, replica: Replica) -> str | None:
+async def _scrape(client: aiohttp.ClientSession, replica: Replica) -> str | None:
     try:
-        response = await client.get(f"{replica.url}/metrics", headers=replica.headers, timeout=5.0)
-    except httpx.HTTPError:
+        async with client.get(f"{replica.url}/metrics", headers=replica.headers, timeout=aiohttp.ClientTimeout(total=5.0)) as response:
+            return await response.text() if response.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError):
         return None
-    return response.text if response.status_code == 200 else None

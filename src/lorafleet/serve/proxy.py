@@ -10,17 +10,19 @@ the stream is what it is, and an error event ends it.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import random
 import secrets
 import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -33,13 +35,14 @@ from lorafleet.serve.metrics import UNKNOWN_ALIAS, GatewayMetrics
 from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.requestlog import RequestLog, RequestRecord
 from lorafleet.serve.routing import Target, fallback_messages, rank_replicas, resolve, served_models
-from lorafleet.serve.streaming import StreamRelay
+from lorafleet.serve.streaming import EmptyStream, StreamRelay
 
 log = logging.getLogger("lorafleet.serve.gateway")
 Endpoint = Literal["chat.completions", "completions"]
 PATHS: dict[Endpoint, str] = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
-# Failures that mean the replica is gone, not that the request was bad: retry elsewhere.
-REPLICA_GONE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Failures that mean the replica is gone, not that the request was bad: retry elsewhere. (aiohttp's read
+# timeout is also a ClientConnectionError; it is caught as asyncio.TimeoutError first.)
+REPLICA_GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
 class ReplicaGone(Exception):
@@ -62,12 +65,17 @@ class GatewayState:
     fleet: FleetView
     fleet_read_ok: bool = False
     rng: random.Random = field(default_factory=random.Random)
+    id_prefix: str = field(default_factory=lambda: secrets.token_hex(4))  # this gateway process
+    ids: Iterator[int] = field(default_factory=itertools.count)
+
+    def next_request_id(self) -> str:
+        return f"{self.id_prefix}-{next(self.ids):x}"
 
 
 async def handle(state: GatewayState, request: Request, endpoint: Endpoint) -> Response:
     """Answer one completion request (see the module docstring); every outcome is recorded."""
     started = time.perf_counter()
-    record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=uuid.uuid4().hex[:16],
+    record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
                            endpoint=endpoint, alias=UNKNOWN_ALIAS)
     headers = {"x-request-id": record.request_id}
     try:
@@ -185,19 +193,18 @@ async def forward(state: GatewayState, replica: Replica, target: Target, endpoin
     busy_key = upstream["model"]
     replica.busy[busy_key] += 1
     try:
-        request = state.pool.client.build_request("POST", url, json=upstream, headers=replica.headers,
-                                                  timeout=httpx.Timeout(state.config.request_timeout_s, connect=5.0))
         try:
-            response = await state.pool.client.send(request, stream=True)
+            response = await state.pool.client.post(url, data=json.dumps(upstream), headers=replica.post_headers,
+                                                    timeout=aiohttp.ClientTimeout(total=state.config.request_timeout_s, connect=5.0))
+        except asyncio.TimeoutError:
+            raise engine_timeout() from None
         except REPLICA_GONE as exc:
             raise ReplicaGone(f"{type(exc).__name__} on {endpoint}") from None
-        except httpx.TimeoutException:
-            raise GatewayError(504, "The engine did not answer in time.", "timeout", code="engine_timeout") from None
-        if response.status_code != 200:
+        if response.status != 200:
             content = await _read_and_close(response)
-            if response.status_code == 404 and on_adapter and b"does not exist" in content:
+            if response.status == 404 and on_adapter and b"does not exist" in content:
                 raise AdapterGone()
-            raise from_engine(response.status_code, content)
+            raise from_engine(response.status, content)
         if not stream:
             content = await _read_and_close(response)
             _count_usage(record, _usage_of(content))
@@ -207,7 +214,9 @@ async def forward(state: GatewayState, replica: Replica, target: Target, endpoin
         relay = StreamRelay(response, client_wants_usage)
         try:
             first = await relay.first_event()
-        except REPLICA_GONE as exc:
+        except asyncio.TimeoutError:
+            raise engine_timeout() from None
+        except (*REPLICA_GONE, EmptyStream) as exc:
             raise ReplicaGone(f"{type(exc).__name__} before the first byte") from None
         record.ttft_s = time.perf_counter() - started
         replica.busy[busy_key] += 1  # the relay holds it now; released when the stream ends
@@ -225,13 +234,19 @@ def _end_stream(state: GatewayState, replica: Replica, busy_key: str, record: Re
     finish(state, record, started)
 
 
-async def _read_and_close(response: httpx.Response) -> bytes:
+async def _read_and_close(response: aiohttp.ClientResponse) -> bytes:
     try:
-        return await response.aread()
+        return await response.read()
+    except asyncio.TimeoutError:
+        raise engine_timeout() from None
     except REPLICA_GONE as exc:
         raise ReplicaGone(f"{type(exc).__name__} while reading the answer") from None
     finally:
-        await response.aclose()
+        response.release()
+
+
+def engine_timeout() -> GatewayError:
+    return GatewayError(504, "The engine did not answer in time.", "timeout", code="engine_timeout")
 
 
 def _usage_of(content: bytes) -> dict | None:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from lorafleet.artifact import verify_artifact
 from lorafleet.registry.fleet import ServedVersion
@@ -23,6 +23,7 @@ from lorafleet.serve.metrics import GatewayMetrics
 from lorafleet.serve.routing import LoadFailure, eviction_plan, should_try_load
 
 log = logging.getLogger("lorafleet.serve.replicas")
+SHORT = aiohttp.ClientTimeout(total=5.0)
 
 
 @dataclass
@@ -43,6 +44,10 @@ class Replica:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    @property
+    def post_headers(self) -> dict[str, str]:
+        return {**self.headers, "Content-Type": "application/json"}
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -55,7 +60,7 @@ class LoadResult:
 class ReplicaPool:
     """Every replica the gateway routes to, and the HTTP client that talks to them."""
 
-    def __init__(self, client: httpx.AsyncClient, metrics: GatewayMetrics, capacity: int, load_timeout_s: float, cooldown_s: float):
+    def __init__(self, client: aiohttp.ClientSession, metrics: GatewayMetrics, capacity: int, load_timeout_s: float, cooldown_s: float):
         self.client, self.metrics = client, metrics
         self.capacity, self.load_timeout_s, self.cooldown_s = capacity, load_timeout_s, cooldown_s
         self.replicas: dict[str, Replica] = {}
@@ -86,9 +91,9 @@ class ReplicaPool:
     async def check(self, replica: Replica) -> bool:
         """GET /health; on the way up, read what the engine holds (it may have restarted, or another gateway loaded)."""
         try:
-            response = await self.client.get(f"{replica.url}/health", timeout=5.0)
-            up = response.status_code == 200
-        except httpx.HTTPError:
+            async with self.client.get(f"{replica.url}/health", timeout=SHORT) as response:
+                up = response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             up = False
         if up and not replica.healthy:
             up = await self._sync(replica)
@@ -102,10 +107,10 @@ class ReplicaPool:
 
     async def _sync(self, replica: Replica) -> bool:
         try:
-            response = await self.client.get(f"{replica.url}/v1/models", headers=replica.headers, timeout=5.0)
-            response.raise_for_status()
-            cards = response.json()["data"]
-        except (httpx.HTTPError, ValueError, KeyError):
+            async with self.client.get(f"{replica.url}/v1/models", headers=replica.headers, timeout=SHORT) as response:
+                response.raise_for_status()
+                cards = (await response.json())["data"]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
             return False
         replica.base_model_id = next((c["id"] for c in cards if not c.get("parent")), None)
         now = time.monotonic()
@@ -145,18 +150,19 @@ class ReplicaPool:
             await self.unload(replica, name)
         started = time.perf_counter()
         try:
-            response = await self.client.post(
-                f"{replica.url}/v1/load_lora_adapter", headers=replica.headers, timeout=self.load_timeout_s,
+            async with self.client.post(
+                f"{replica.url}/v1/load_lora_adapter", headers=replica.headers, timeout=aiohttp.ClientTimeout(total=self.load_timeout_s),
                 json={"lora_name": ref, "lora_path": str(version.content_path)},
-            )
-        except httpx.TimeoutException:
+            ) as response:
+                status, text = response.status, await response.text()
+        except asyncio.TimeoutError:
             return LoadResult(False, "timeout")
-        except httpx.HTTPError:
+        except aiohttp.ClientError:
             self.mark_down(replica, "adapter load could not connect")
             return LoadResult(False, "engine_down")
-        already = response.status_code == 400 and "already been loaded" in response.text  # another gateway loaded it
-        if response.status_code != 200 and not already:
-            log.warning("engine %s refused %s: HTTP %d %s", replica.name, ref, response.status_code, response.text[:300])
+        already = status == 400 and "already been loaded" in text  # another gateway loaded it
+        if status != 200 and not already:
+            log.warning("engine %s refused %s: HTTP %d %s", replica.name, ref, status, text[:300])
             return LoadResult(False, "refused")
         seconds = time.perf_counter() - started
         replica.resident[ref] = time.monotonic()
@@ -170,9 +176,10 @@ class ReplicaPool:
         """Unload `ref` from `replica` (a 404 means it was gone already)."""
         replica.resident.pop(ref, None)
         try:
-            await self.client.post(f"{replica.url}/v1/unload_lora_adapter", headers=replica.headers,
-                                   json={"lora_name": ref}, timeout=self.load_timeout_s)
-        except httpx.HTTPError as exc:
+            async with self.client.post(f"{replica.url}/v1/unload_lora_adapter", headers=replica.headers, json={"lora_name": ref},
+                                        timeout=aiohttp.ClientTimeout(total=self.load_timeout_s)) as response:
+                await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("unloading %s from %s failed: %s", ref, replica.name, exc)
         self._publish(replica)
         log.info("unloaded %s from %s (least recently used)", ref, replica.name)

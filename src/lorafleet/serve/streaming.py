@@ -8,10 +8,11 @@ client gets an OpenAI-shaped error event instead of `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
-import httpx
+import aiohttp
 from fastapi.responses import StreamingResponse
 
 from lorafleet.serve.errors import error_body
@@ -19,27 +20,31 @@ from lorafleet.serve.errors import error_body
 EndHook = Callable[[dict | None, str | None], None]  # (usage, error) when the stream ends, however it ends
 
 
-class StreamRelay:
-    """Wraps an engine's streaming response (status 200, not yet read)."""
+class EmptyStream(Exception):
+    """The engine closed the stream before its first event."""
 
-    def __init__(self, response: httpx.Response, client_wants_usage: bool):
-        self.response = response
+
+class StreamRelay:
+    """Wraps an engine's streaming response (status 200, body not yet read)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool):
+        self.upstream = response
         self.client_wants_usage = client_wants_usage
         self.usage: dict | None = None
-        self._events = sse_events(response.aiter_bytes())
+        self._events = sse_events(response.content.iter_any())
 
     async def first_event(self) -> bytes:
-        """The first event to send; raises the transport error (or a RemoteProtocolError for an empty stream)."""
+        """The first event to send; raises the transport error, or EmptyStream."""
         try:
             while True:
                 event = await self._events.__anext__()
                 if self._keep(event):
                     return event
         except StopAsyncIteration:
-            await self.response.aclose()
-            raise httpx.RemoteProtocolError("the engine closed the stream before the first event") from None
+            self.upstream.release()
+            raise EmptyStream() from None
         except BaseException:
-            await self.response.aclose()
+            self.upstream.close()
             raise
 
     def streaming_response(self, first: bytes, headers: dict[str, str], on_end: EndHook) -> StreamingResponse:
@@ -52,12 +57,12 @@ class StreamRelay:
             async for event in self._events:
                 if self._keep(event):
                     yield event
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             error = f"the engine failed mid-stream ({type(exc).__name__})"
             payload = error_body(f"The engine failed while streaming the answer: {type(exc).__name__}.", "engine_error", code="engine_error")
             yield f"data: {json.dumps(payload)}\n\n".encode()
         finally:
-            await self.response.aclose()
+            self.upstream.close()  # a no-op after a complete read; drops the connection if the client left early
             on_end(self.usage, error)
 
     def _keep(self, event: bytes) -> bool:
