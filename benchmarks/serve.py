@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from lorafleet.models import EMBEDDED_DEFAULT, resolve_model  # noqa: E402
 from lorafleet.serve.engine import free_port  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a cat."}]
+ALIASES = ["bench-a", "bench-b", "bench-c", "bench-d"]
 console = Console(width=160)
 
 
@@ -147,20 +150,28 @@ def registry(home: Path, base: Path, names: list[str], aliases: bool) -> dict[st
     return artifacts
 
 
-def fleet_row(work: Path, env: dict, args: argparse.Namespace) -> dict:
-    """Rows 1 and 2 on lorafleet's side: a real fleet; chat load over 4 aliases, then cold loads of new versions."""
+@contextmanager
+def running_fleet(work: Path, env: dict, replicas: int) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """`lorafleet serve` with `replicas` replicas, ready; yields (url, gateway process, config path)."""
     port = free_port()
-    config = work / "fleet.yaml"
-    config.write_text(yaml.safe_dump({"port": port, "replicas": args.replicas, "kv_cache_gib": 1}))
-    log = work / "gateway.log"
+    config = work / f"fleet-{replicas}.yaml"
+    config.write_text(yaml.safe_dump({"port": port, "replicas": replicas, "kv_cache_gib": 1}))
+    log = work / f"gateway-{replicas}.log"
     gateway = start([sys.executable, "-m", "lorafleet.cli", "serve", "--config", str(config)], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health/ready", gateway, log, ok=lambda r: r.status_code == 200 and r.json()["replicas_healthy"] == args.replicas)
+        wait_http(f"{url}/health/ready", gateway, log, ok=lambda r: r.status_code == 200 and r.json()["replicas_healthy"] == replicas)
+        yield url, gateway, config
+    finally:
+        stop(gateway)
+
+
+def fleet_row(work: Path, env: dict, args: argparse.Namespace) -> dict:
+    """Rows 1 and 2 on lorafleet's side: a real fleet; chat load over 4 aliases, then cold loads of new versions."""
+    with running_fleet(work, env, args.replicas) as (url, gateway, config):
         chat = f"{url}/v1/chat/completions"
-        aliases = ["bench-a", "bench-b", "bench-c", "bench-d"]
-        asyncio.run(fire(chat, [{"model": a, "messages": MESSAGES, "max_tokens": 4} for a in aliases], 4))  # warm-up: loads
-        bodies = [{"model": aliases[i % 4], "messages": MESSAGES, "max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 0}
+        asyncio.run(fire(chat, [{"model": a, "messages": MESSAGES, "max_tokens": 4} for a in ALIASES], 4))  # warm-up: loads
+        bodies = [{"model": ALIASES[i % 4], "messages": MESSAGES, "max_tokens": args.max_tokens, "ignore_eos": True, "temperature": 0}
                   for i in range(args.requests)]
         result = asyncio.run(fire(chat, bodies, args.requests))
         result["memory"] = tree_memory(gateway.pid)
@@ -170,15 +181,20 @@ def fleet_row(work: Path, env: dict, args: argparse.Namespace) -> dict:
         for name in [f"load-{i}" for i in range(args.load_repeats)]:
             body = {"model": f"{name}@v1", "messages": MESSAGES, "max_tokens": 1}
             cold.append(asyncio.run(fire(chat, [body], 1))["p50_s"])
-            warm.append(statistics.median(asyncio.run(fire(chat, [body] * 3, 1))["p50_s"] for _ in range(1)))
+            warm.append(asyncio.run(fire(chat, [body] * 3, 1))["p50_s"])
         metrics = httpx.get(f"{url}/metrics").text
         load_sum = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("lorafleet_adapter_load_seconds_sum"))
         load_count = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("lorafleet_adapter_load_seconds_count"))
         result["load"] = {"cold_s": cold, "warm_s": warm, "cold_minus_warm_s": [c - w for c, w in zip(cold, warm)],
                           "engine_load_mean_s": load_sum / load_count}
         return result
-    finally:
-        stop(gateway)
+
+
+def memory_row(work: Path, env: dict, replicas: int) -> dict:
+    """Memory of a fleet of `replicas` after one request per alias (PSS counts shared pages once)."""
+    with running_fleet(work, env, replicas) as (url, gateway, _):
+        asyncio.run(fire(f"{url}/v1/chat/completions", [{"model": a, "messages": MESSAGES, "max_tokens": 4} for a in ALIASES], 4))
+        return tree_memory(gateway.pid)
 
 
 def baseline_row(work: Path, env: dict, artifacts: dict[str, Path], base: Path, args: argparse.Namespace) -> dict:
@@ -262,7 +278,7 @@ def gateway_row(work: Path, env: dict, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="1,2,3", help="which rows to run")
+    parser.add_argument("--rows", default="1,2,3", help="which rows to run (4: memory of 1- and 2-replica fleets)")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--replicas", type=int, default=2)
@@ -278,8 +294,7 @@ def main() -> None:
     results: dict = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "machine": machine(), "settings": vars(args) | {"out": str(args.out)}}
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-") as tmp:
         work = Path(tmp)
-        names = ["bench-a", "bench-b", "bench-c", "bench-d"]
-        artifacts = registry(work / "home", base, names, aliases=True)
+        artifacts = registry(work / "home", base, ALIASES, aliases=True)
         load_artifacts = [adapter_artifact(work / "artifacts" / f"load-{i}", base, 100 + i) for i in range(args.load_repeats)]
         from lorafleet.registry.push import push
 
@@ -298,6 +313,9 @@ def main() -> None:
         if 3 in rows:
             console.print("[bold]row 3: gateway cost[/]")
             results["gateway"] = gateway_row(work, env, args)
+        if 4 in rows:
+            console.print("[bold]memory of 1 and 2 replicas[/]")
+            results["memory"] = {str(n): memory_row(work, env, n) for n in (1, 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
@@ -339,6 +357,8 @@ def print_tables(r: dict) -> None:
         if "litellm" in g:
             ratio = g["lorafleet"]["ceiling"]["requests_per_s"] / g["litellm"]["ceiling"]["requests_per_s"]
             table.add_row("3. ceiling lorafleet / LiteLLM", "", "", f"{ratio:.1f}x")
+    for n, memory in r.get("memory", {}).items():
+        table.add_row(f"memory, {n} replica(s) + gateway", f"PSS {memory['pss_gib']} GiB (RSS {memory['rss_gib']})", "", "")
     console.print(table)
 
 

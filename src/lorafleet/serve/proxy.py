@@ -31,6 +31,7 @@ from lorafleet.serve.config import FleetConfig
 from lorafleet.serve.errors import (
     GatewayError, bad_request, engine_unavailable, from_engine, model_not_found,
 )
+from lorafleet.serve.limits import apply_adapter_limit, needs_check
 from lorafleet.serve.metrics import UNKNOWN_ALIAS, GatewayMetrics
 from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.requestlog import RequestLog, RequestRecord
@@ -166,7 +167,10 @@ async def prepare(state: GatewayState, replica: Replica, target: Target, body: d
         return {**body, "model": base_id}
     loaded = await state.pool.ensure_loaded(replica, target.version)
     if loaded.ok:
-        return {**body, "model": target.version.ref}
+        upstream = {**body, "model": target.version.ref}
+        if needs_check(target.version, replica):
+            upstream = await apply_adapter_limit(state.pool.client, replica, target.version, upstream)
+        return upstream
     if loaded.reason == "engine_down":  # the replica, not the adapter, failed: another replica can load it
         raise ReplicaGone("the adapter load could not reach the engine")
     record.fallback, record.fallback_reason = True, loaded.reason

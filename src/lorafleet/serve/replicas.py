@@ -35,6 +35,7 @@ class Replica:
     api_key: str | None
     healthy: bool = False
     base_model_id: str | None = None  # the engine's own name for the base model (from /v1/models)
+    max_model_len: int | None = None  # the engine's context limit (from /v1/models)
     resident: dict[str, float] = field(default_factory=dict)  # NAME@vN → last used (monotonic)
     busy: Counter[str] = field(default_factory=Counter)  # NAME@vN → requests in flight
     failures: dict[str, LoadFailure] = field(default_factory=dict)
@@ -112,7 +113,8 @@ class ReplicaPool:
                 cards = (await response.json())["data"]
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError):
             return False
-        replica.base_model_id = next((c["id"] for c in cards if not c.get("parent")), None)
+        base_card = next((c for c in cards if not c.get("parent")), {})
+        replica.base_model_id, replica.max_model_len = base_card.get("id"), base_card.get("max_model_len")
         now = time.monotonic()
         replica.resident = {c["id"]: now for c in cards if c.get("parent")}
         return True
