@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lorafleet.cli import adapters, data, demo, train
+from lorafleet.cli import adapters, data, demo, serve, train
 
 app = typer.Typer(
     help="Turn chat data into LoRA / QLoRA adapters and serve a fleet of them on one base model.",
@@ -20,3 +20,4 @@ data.register(app)
 train.register(app)
 app.add_typer(adapters.adapters_app, name="adapters")
 app.command("demo")(demo.demo)
+serve.register(app)
