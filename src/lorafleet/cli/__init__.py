@@ -20,3 +20,6 @@ data.register(app)
 train.register(app)
 app.add_typer(adapters.adapters_app, name="adapters")
 app.command("demo")(demo.demo)
+from lorafleet.cli import eval as eval_cli  # noqa: E402  (module named for its command, not the builtin)
+
+eval_cli.register(app)
