@@ -49,13 +49,22 @@ def test_parse_case_rejects_with_what_and_where(text: str, message: str) -> None
         parse_case(text, 1)
 
 
-def test_system_prompt_replaces_or_leads() -> None:
+def test_prompt_as_system_message_replaces_or_leads() -> None:
     plain = EvalCase(1, (USER,))
     prompted = EvalCase(2, (SYSTEM, USER))
-    assert plain.with_system_prompt(None) == [USER]
-    assert plain.with_system_prompt("rules") == [{"role": "system", "content": "rules"}, USER]
-    assert prompted.with_system_prompt("rules") == [{"role": "system", "content": "rules"}, USER]
-    assert prompted.with_system_prompt(None) == [SYSTEM, USER]
+    assert plain.with_prompt(None) == [USER]
+    assert plain.with_prompt("rules") == [{"role": "system", "content": "rules"}, USER]
+    assert prompted.with_prompt("rules") == [{"role": "system", "content": "rules"}, USER]
+    assert prompted.with_prompt(None) == [SYSTEM, USER]
+
+
+def test_prompt_in_the_user_turn_goes_before_the_first_user_message() -> None:
+    later = {"role": "user", "content": "and also"}
+    case = EvalCase(1, (SYSTEM, USER, {"role": "assistant", "content": "ok"}, later))
+    assert case.with_prompt("rules", "user") == [
+        SYSTEM, {"role": "user", "content": "rules\n\nI was charged twice"}, {"role": "assistant", "content": "ok"}, later,
+    ]
+    assert case.messages[1] == USER  # the case itself is unchanged
 
 
 def test_load_cases_skips_blank_lines_and_honours_limit(tmp_path: Path) -> None:

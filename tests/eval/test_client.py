@@ -109,6 +109,21 @@ def test_cli_compares_two_models_and_exits_1_on_failures(tmp_path: Path) -> None
     assert report["models"][1]["failures"] == {"http_error": 3} and report["models"][1]["system_prompt"] is None
 
 
+def test_cli_puts_the_prompt_in_the_user_turn_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    with FaultyServer() as server:
+        result = CliRunner().invoke(app, [
+            "eval", "--endpoint", server.url, "--model", "echo", "--system-prompt", "rules", "--prompt-in", "user",
+            "--data", str(_data(tmp_path, 2)), "--out", str(out),
+        ])
+        sent = server.requests
+    assert result.exit_code == 0, result.output
+    assert all(len(r["messages"]) == 1 for r in sent)  # no system message added
+    assert sorted(r["messages"][0]["content"] for r in sent) == ["rules\n\nticket 0", "rules\n\nticket 1"]
+    model = json.loads(out.read_text())["models"][0]
+    assert model["prompt_in"] == "user" and model["exact"] == 0  # the echo server saw no system message
+
+
 def test_cli_prints_tables_for_people(tmp_path: Path) -> None:
     with FaultyServer() as server:
         result = CliRunner().invoke(app, [

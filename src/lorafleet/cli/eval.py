@@ -30,6 +30,10 @@ def eval_command(
     compare_system_prompt: str | None = typer.Option(
         None, "--compare-system-prompt", help="System message for --compare (default: the data's own); @FILE reads a file."
     ),
+    prompt_in: str = typer.Option(
+        "system", "--prompt-in",
+        help="Where the prompts go: system (the system message) or user (in front of the first user message).",
+    ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
     max_tokens: int = typer.Option(160, "--max-tokens", min=1, help="Longest answer per request."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.001, help="Seconds per request before it counts as a timeout failure."),
@@ -50,9 +54,12 @@ def eval_command(
     from lorafleet.eval.render import print_report
     from lorafleet.eval.runner import EvalOptions, Target, evaluate
 
-    targets = [Target(model=model, system_prompt=_prompt_text(system_prompt, "--system-prompt"))]
+    if prompt_in not in ("system", "user"):
+        fail(f"--prompt-in must be system or user, not {prompt_in!r}")
+    targets = [Target(model=model, system_prompt=_prompt_text(system_prompt, "--system-prompt"), prompt_in=prompt_in)]
     if compare is not None:
-        targets.append(Target(model=compare, system_prompt=_prompt_text(compare_system_prompt, "--compare-system-prompt")))
+        prompt = _prompt_text(compare_system_prompt, "--compare-system-prompt")
+        targets.append(Target(model=compare, system_prompt=prompt, prompt_in=prompt_in))
     try:
         options = EvalOptions(
             endpoint=endpoint, data=data, targets=targets, api_key=api_key, max_tokens=max_tokens,

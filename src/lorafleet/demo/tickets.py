@@ -1,8 +1,8 @@
 """The support-ticket triage generator: reproducible tickets, each labelled by the rules in triage.py.
 
 A ticket is composed from one intent (ticket_intents.yaml: a kind of issue, its category, base
-priority, asks and replies), sometimes a second intent of a lower-precedence category (a
-multi-intent ticket, labelled with the winning category), context sentences that carry no issue,
+priority, asks and replies), sometimes a second intent of another category that it outranks (a
+multi-intent ticket, labelled by triage.winning_category), context sentences that carry no issue,
 an optional urgency or no-rush cue, and a style (terse, chat or email) with its share of typos,
 casual spelling and lost capitals (ticket_noise.py). Slots such as {device} or {order} are filled
 from ticket_phrases.yaml or generated.
@@ -25,13 +25,13 @@ import yaml
 
 from lorafleet.demo.ticket_noise import apply_noise
 from lorafleet.demo.triage import (
-    CATEGORIES, PRECEDENCE, Category, Cue, Priority, Triage, ticket_priority, winning_category,
+    CATEGORIES, Category, Cue, Priority, Triage, ticket_priority, winning_category,
 )
 
 Split = Literal["train", "dev"]
 Style = Literal["terse", "chat", "email"]
 HOLDOUT_EVERY = 4  # ask i of an intent is dev-only when i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-MULTI_INTENT_SHARE = 0.2  # of tickets whose winning category is not the last in PRECEDENCE
+MULTI_INTENT_SHARE = 0.25  # of tickets whose first issue outranks some intent of another category
 STYLE_WEIGHTS: dict[Style, float] = {"terse": 0.25, "chat": 0.4, "email": 0.35}
 CUE_WEIGHTS: dict[Cue | None, float] = {"urgent": 0.18, "calm": 0.12, None: 0.7}
 _SLOT = re.compile(r"\{(\w+)\}")
@@ -143,10 +143,11 @@ def make_ticket(
     rng: random.Random, category: Category, intents: dict[Category, list[Intent]], book: Phrasebook, split: Split
 ) -> Ticket:
     """One ticket whose winning category is `category`, its asks taken from `split`'s share of each intent."""
-    chosen = [rng.choice(intents[category])]
-    lower = PRECEDENCE[PRECEDENCE.index(category) + 1 :]
-    if lower and rng.random() < MULTI_INTENT_SHARE:
-        chosen.append(rng.choice(intents[rng.choice(lower)]))
+    primary = rng.choice(intents[category])
+    chosen = [primary]
+    outranked = [i for c in CATEGORIES if c != category for i in intents[c] if _wins(primary, i)]
+    if outranked and rng.random() < MULTI_INTENT_SHARE:
+        chosen.append(rng.choice(outranked))
     cue: Cue | None = rng.choices(list(CUE_WEIGHTS), weights=list(CUE_WEIGHTS.values()))[0]
     style: Style = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0]
     asks = [fill_slots(rng.choice(i.asks_for(split)), rng, book) for i in chosen]
@@ -155,7 +156,7 @@ def make_ticket(
     core = asks[0] if len(asks) == 1 else f"{_sentence(asks[0])} {_join(rng.choice(book.connectors), asks[1])}"
     text = compose(core, category, cue, style, rng, book)
     triage = Triage(
-        category=winning_category(i.category for i in chosen),
+        category=winning_category((i.category, i.priority) for i in chosen),
         priority=ticket_priority((i.priority for i in chosen), cue),
         reply=compose_reply(chosen, rng, book),
     )
@@ -194,12 +195,17 @@ def compose(core: str, category: Category, cue: Cue | None, style: Style, rng: r
 
 def compose_reply(chosen: list[Intent], rng: random.Random, book: Phrasebook) -> str:
     """The winning intent's reply, plus a sentence saying the other issue was passed on."""
-    winner = next(i for c in PRECEDENCE for i in chosen if i.category == c)
+    winner = next(i for i in chosen if _wins(i, *[o for o in chosen if o is not i]))
     reply = rng.choice(winner.replies)
     for other in chosen:
         if other is not winner:
             reply += " " + rng.choice(book.also_replies).format(team=book.teams[other.category])
     return reply
+
+
+def _wins(intent: Intent, *others: Intent) -> bool:
+    """Whether a ticket raising `intent` and `others` (all of other categories) takes `intent`'s category."""
+    return winning_category((i.category, i.priority) for i in (intent, *others)) == intent.category
 
 
 def _sentence(text: str) -> str:

@@ -5,10 +5,12 @@ A customer message goes in; the assistant answers with exactly one JSON object
 with the two pure functions below, and the same rules are written out in FORMAT_INSTRUCTIONS, which
 is what the base model is given to make the comparison with the adapter fair.
 
-Category: a ticket that raises several issues gets the category that comes first in PRECEDENCE:
-account (without access nothing else can be fixed, and a compromised account is a security risk),
-then billing (money taken wrongly), technical (a product that does not work), shipping (a delivery),
-and other only when nothing else applies.
+Category: a ticket that raises several issues gets the category of its most urgent issue (by each
+issue's base priority, before cues); between equally urgent issues, the one whose category comes
+first in PRECEDENCE: account (without access nothing else can be fixed, and a compromised account
+is a security risk), then billing (money), technical (a product that does not work), shipping (a
+delivery), and other last. So "the app crashes, and can I get an invoice?" is technical, while
+"please cancel my plan, and the camera is offline" (two medium issues) is billing.
 
 Priority: the highest base priority among the issues raised (each kind of issue has one: high when
 the customer is blocked, loses money or is at risk; low for questions, requests and feedback; medium
@@ -47,16 +49,16 @@ class Triage(BaseModel):
         return json.dumps(self.model_dump(), ensure_ascii=False)
 
 
-def winning_category(categories: Iterable[Category]) -> Category:
-    """The category of a ticket raising issues of `categories`: the first of them in PRECEDENCE.
+def winning_category(issues: Iterable[tuple[Category, Priority]]) -> Category:
+    """The category of a ticket raising `issues` (category, base priority): the most urgent issue's,
+    ties broken by PRECEDENCE.
 
-    Raises ValueError for an empty or unknown set of categories.
+    Raises ValueError for no issues or an unknown category or priority.
     """
-    present = set(categories)
-    unknown = present - set(CATEGORIES)
-    if unknown or not present:
-        raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {sorted(present)}")
-    return next(c for c in PRECEDENCE if c in present)
+    issues = list(issues)
+    if not issues or any(c not in CATEGORIES or p not in PRIORITIES for c, p in issues):
+        raise ValueError(f"issues must be (category, priority) pairs from {CATEGORIES} and {PRIORITIES}, got {issues}")
+    return min(issues, key=lambda issue: (-PRIORITIES.index(issue[1]), PRECEDENCE.index(issue[0])))[0]
 
 
 def ticket_priority(base_priorities: Iterable[Priority], cue: Cue | None) -> Priority:
@@ -87,7 +89,7 @@ category is one of:
 - "technical": the app, website, API or a device not working: crashes, errors, connection problems, outages, slowness, lost data, how to use a feature
 - "shipping": deliveries, tracking, late or lost parcels, delivery addresses, damaged, wrong or missing items, returns and return labels
 - "other": anything else: feedback, feature ideas, general questions about the company, complaints about the service, unclear messages, spam
-If the message raises several issues, use the first category of this list that applies: account, billing, technical, shipping, other.
+If the message raises several issues, use the category of the most urgent one (see priority below); if they are equally urgent, the first of this list: account, billing, technical, shipping, other.
 
 priority is one of:
 - "high": the customer is blocked, loses money or is at risk (cannot log in, hacked, charged wrongly, service down, parcel lost)

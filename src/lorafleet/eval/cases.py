@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 MAX_LISTED_PROBLEMS = 10
+PromptPlace = Literal["system", "user"]
 
 
 class EvalDataError(ValueError):
@@ -51,10 +52,19 @@ class EvalCase:
     def scored(self) -> bool:
         return bool(self.expected or self.required)
 
-    def with_system_prompt(self, prompt: str | None) -> list[dict[str, str]]:
-        """The messages to send: `prompt` replaces a leading system message or is put first; None leaves them."""
+    def with_prompt(self, prompt: str | None, place: PromptPlace = "system") -> list[dict[str, str]]:
+        """The messages to send with `prompt` added; None leaves them as they are.
+
+        place "system": `prompt` replaces a leading system message or is put first as one.
+        place "user": `prompt` goes in front of the first user message, in the same turn (for models
+        that pay little attention to system messages); a system message in the data is kept.
+        """
         messages = list(self.messages)
         if prompt is None:
+            return messages
+        if place == "user":
+            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[first] = {"role": "user", "content": f"{prompt}\n\n{messages[first]['content']}"}
             return messages
         if messages[0]["role"] == "system":
             messages = messages[1:]

@@ -24,7 +24,7 @@ def summary_table(report: EvalReport) -> Table:
     table = Table(title=f"eval: {report.data} ({report.lines} conversations) at {report.endpoint}", title_justify="left")
     table.add_column("metric", style="bold")
     for m in report.models:
-        table.add_column(m.model + (" + system prompt" if m.system_prompt else ""), justify="right")
+        table.add_column(m.model + (f" + prompt in {m.prompt_in} turn" if m.system_prompt else ""), justify="right")
     fields = sorted({f.field for m in report.models for f in m.fields})
     rows: list[tuple[str, list[str]]] = [
         ("requests", [str(m.requests) for m in report.models]),

@@ -73,7 +73,10 @@ class ModelReport(BaseModel):
     """Everything measured for one model on one data file."""
 
     model: str
-    system_prompt: str | None = Field(None, description="the system message put in every conversation, if any")
+    system_prompt: str | None = Field(None, description="the instructions put in every conversation, if any")
+    prompt_in: Literal["system", "user"] | None = Field(
+        None, description="where the instructions went: the system message, or in front of the first user message"
+    )
     requests: int = Field(description="lines sent, failed ones included")
     failures: dict[str, int] = Field(default_factory=dict, description="failed requests by status")
     scored: int = Field(description="lines with `expected` or `required` fields (failures included, as wrong)")

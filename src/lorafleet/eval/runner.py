@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorafleet.eval.cases import EvalCase, load_cases
+from lorafleet.eval.cases import EvalCase, PromptPlace, load_cases
 from lorafleet.eval.client import Outcome, RequestSettings, send_all
 from lorafleet.eval.report import CaseResult, EvalReport, ModelReport
 from lorafleet.eval.scoring import model_report, score_answer
@@ -24,7 +24,10 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="the `model` of each request: an alias, an adapter or the base model")
-    system_prompt: str | None = Field(None, description="replaces a leading system message; None sends the data's own")
+    system_prompt: str | None = Field(None, description="instructions added to every conversation; None sends the data's own")
+    prompt_in: PromptPlace = Field(
+        "system", description="system: the prompt is the system message; user: it goes in front of the first user message"
+    )
 
 
 class EvalOptions(BaseModel):
@@ -79,10 +82,12 @@ def evaluate_target(
         if on_progress is not None:
             on_progress(target.model, done, len(cases))
 
-    conversations = [case.with_system_prompt(target.system_prompt) for case in cases]
+    conversations = [case.with_prompt(target.system_prompt, target.prompt_in) for case in cases]
     outcomes, wall_s = asyncio.run(send_all(target.model, conversations, settings, tick))
     results = [case_result(case, outcome) for case, outcome in zip(cases, outcomes)]
-    return model_report(target.model, target.system_prompt, results, wall_s)
+    report = model_report(target.model, target.system_prompt, results, wall_s)
+    report.prompt_in = target.prompt_in if target.system_prompt is not None else None
+    return report
 
 
 def case_result(case: EvalCase, outcome: Outcome) -> CaseResult:
