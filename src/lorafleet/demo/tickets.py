@@ -31,7 +31,7 @@ from lorafleet.demo.triage import (
 Split = Literal["train", "dev"]
 Style = Literal["terse", "chat", "email"]
 HOLDOUT_EVERY = 4  # ask i of an intent is dev-only when i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-MULTI_INTENT_SHARE = 0.25  # of tickets whose first issue outranks some intent of another category
+MULTI_INTENT_SHARE = 0.15  # of tickets whose first issue outranks some intent of another category
 STYLE_WEIGHTS: dict[Style, float] = {"terse": 0.25, "chat": 0.4, "email": 0.35}
 CUE_WEIGHTS: dict[Cue | None, float] = {"urgent": 0.18, "calm": 0.12, None: 0.7}
 _SLOT = re.compile(r"\{(\w+)\}")
