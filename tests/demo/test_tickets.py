@@ -91,7 +91,7 @@ def test_labels_are_balanced_and_varied() -> None:
     assert set(categories.values()) == {200}
     priorities = Counter(t.triage.priority for t in tickets)
     assert all(0.2 < priorities[p] / 1000 < 0.45 for p in PRIORITIES), priorities
-    assert 0.1 < sum(len(t.intents) > 1 for t in tickets) / 1000 < 0.25
+    assert 0.07 < sum(len(t.intents) > 1 for t in tickets) / 1000 < 0.2
     assert {t.cue for t in tickets} == {"urgent", "calm", None} and {t.style for t in tickets} == {"terse", "chat", "email"}
     assert len({t.text for t in tickets}) > 950  # near-unique texts, not a handful of templates
     lengths = sorted(len(t.text.split()) for t in tickets)
@@ -101,7 +101,7 @@ def test_labels_are_balanced_and_varied() -> None:
 def test_multi_intent_tickets_take_the_winning_category() -> None:
     intents = {i.name: i for group in load_intents().values() for i in group}
     multi = [t for t in generate(300, seed=1, split="train") if len(t.intents) > 1]
-    assert len(multi) > 30
+    assert len(multi) > 20
     for ticket in multi:
         issues = [(intents[name].category, intents[name].priority) for name in ticket.intents]
         assert ticket.triage.category == winning_category(issues) == issues[0][0]
