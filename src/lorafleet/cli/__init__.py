@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from lorafleet.cli import adapters, data, demo, serve, train
+from lorafleet.cli import eval as eval_cli  # the module is named for its command, not the builtin
 
 app = typer.Typer(
     help="Turn chat data into LoRA / QLoRA adapters and serve a fleet of them on one base model.",
@@ -21,3 +22,4 @@ train.register(app)
 app.add_typer(adapters.adapters_app, name="adapters")
 app.command("demo")(demo.demo)
 serve.register(app)
+eval_cli.register(app)
