@@ -48,9 +48,8 @@ def adapter_artifact(dest: Path, base: Path, seed: int, r: int = 16, max_seq_len
 
 def baseline_app(base: Path, adapters: dict[str, Path]):  # type: ignore[no-untyped-def]
     import torch
-    from fastapi import FastAPI
+    from fastapi import Body, FastAPI
     from peft import PeftModel
-    from pydantic import BaseModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     torch.manual_seed(0)
@@ -64,18 +63,14 @@ def baseline_app(base: Path, adapters: dict[str, Path]):  # type: ignore[no-unty
     lock = threading.Lock()
     app = FastAPI()
 
-    class Generate(BaseModel):
-        adapter: str
-        messages: list[dict]
-        max_tokens: int
-
     @app.post("/generate")
-    def run(request: Generate) -> dict:
+    def run(request: dict = Body(...)) -> dict:  # {"adapter", "messages", "max_tokens"}
         with lock:
-            model.set_adapter(request.adapter)
-            out = generate(request.messages, max_new_tokens=request.max_tokens, min_new_tokens=request.max_tokens, do_sample=False)
+            model.set_adapter(request["adapter"])
+            out = generate(request["messages"], max_new_tokens=request["max_tokens"], min_new_tokens=request["max_tokens"],
+                           do_sample=False)
         text = out[0]["generated_text"][-1]["content"]
-        return {"text": text, "completion_tokens": request.max_tokens}
+        return {"text": text, "completion_tokens": request["max_tokens"]}
 
     return app
 

@@ -110,7 +110,7 @@ def authenticate(config: FleetConfig, request: Request) -> None:
     if not config.api_keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token, key) for key in config.api_keys):
+    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.encode(), key.encode()) for key in config.api_keys):
         raise GatewayError(401, "Missing or invalid API key: send Authorization: Bearer <key>.", "invalid_request_error",
                            code="invalid_api_key")
 
