@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE))
 from serve_parts import adapter_artifact  # noqa: E402
 
 from lorafleet.models import EMBEDDED_DEFAULT, resolve_model  # noqa: E402
+from lorafleet.percentiles import percentile  # noqa: E402
 from lorafleet.serve.engine import free_port  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a cat."}]
@@ -124,12 +125,6 @@ async def fire(url: str, bodies: list[dict], concurrency: int, headers: dict | N
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95), "errors": sum(s != 200 for s in statuses)}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 # ---- rows ----------------------------------------------------------------------------------------

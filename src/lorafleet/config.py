@@ -193,19 +193,27 @@ def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None
     where = "command line"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping of option: value, not {type(loaded).__name__}")
-        values = _normalized(loaded)
+        values = read_yaml_options(path, ConfigError, "config")
     _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid train config ({where}): {problems}") from None
+
+
+def read_yaml_options(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """The option: value mapping of a YAML file, '-' in keys spelled '_' at every level.
+
+    Raises `error` naming the file (as "cannot read {what} PATH" or "{what} PATH must be a mapping").
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {path} must be a mapping of option: value, not {type(loaded).__name__}")
+    return _normalized(loaded)
 
 
 def _normalized(values: dict) -> dict[str, Any]:

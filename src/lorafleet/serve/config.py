@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorafleet.config import read_yaml_options
 
 
 class FleetConfigError(ValueError):
@@ -92,13 +93,7 @@ def load_fleet_config(path: Path | None = None, overrides: dict[str, Any] | None
     where = "command line"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise FleetConfigError(f"cannot read fleet config {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise FleetConfigError(f"fleet config {path} must be a mapping of option: value, not {type(loaded).__name__}")
-        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        values.update(read_yaml_options(path, FleetConfigError, "fleet config"))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return FleetConfig(**values)
