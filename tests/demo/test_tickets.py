@@ -91,7 +91,8 @@ def test_labels_are_balanced_and_varied() -> None:
     assert set(categories.values()) == {200}
     priorities = Counter(t.triage.priority for t in tickets)
     assert all(0.2 < priorities[p] / 1000 < 0.45 for p in PRIORITIES), priorities
-    assert 0.07 < sum(len(t.intents) > 1 for t in tickets) / 1000 < 0.2
+    assert 0.15 < sum(len(t.intents) > 1 for t in tickets) / 1000 < 0.3  # dev has fewer: see MULTI_INTENT_SHARE
+    assert 0.07 < sum(len(t.intents) > 1 for t in generate(400, seed=0, split="dev")) / 400 < 0.2
     assert {t.cue for t in tickets} == {"urgent", "calm", None} and {t.style for t in tickets} == {"terse", "chat", "email"}
     assert len({t.text for t in tickets}) > 950  # near-unique texts, not a handful of templates
     lengths = sorted(len(t.text.split()) for t in tickets)
