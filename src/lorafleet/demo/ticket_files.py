@@ -2,8 +2,8 @@
 
     OUT/train-openai.jsonl     OpenAI `messages` and role/content `conversations` records, alternating
     OUT/train-sharegpt.jsonl   ShareGPT records, and Alpaca records for single-turn tickets without a system prompt
-    OUT/dev.jsonl              held-out tickets for `lorafleet eval`: the user message only, `expected`
-                               category and priority, `required` reply, and how the ticket was made (`meta`)
+    OUT/dev.jsonl              held-out tickets for `lorafleet eval` (none equal to a training ticket): the user
+                               message, `expected` category and priority, `required` reply, how it was made (`meta`)
     OUT/format_instructions.txt  the instructions the base model is given (`--system-prompt @file`)
     OUT/summary.json           seed, counts and label distribution
 
@@ -29,7 +29,7 @@ import typer
 from pydantic import BaseModel, Field
 
 from lorafleet.demo.synthetic import as_record
-from lorafleet.demo.tickets import Ticket, generate, load_phrasebook
+from lorafleet.demo.tickets import Ticket, generate, load_phrasebook, normalized
 from lorafleet.demo.triage import FORMAT_INSTRUCTIONS
 
 SYSTEM_SHARES = {"none": 0.8, "short": 0.2}
@@ -98,7 +98,8 @@ def write_ticket_data(out: Path, seed: int = 0, n_train: int = 1000, n_dev: int 
     """Write the triage data set into `out` (created; files there with the same names are replaced)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train, dev = generate(n_train, seed, "train"), generate(n_dev, seed, "dev")
+    train = generate(n_train, seed, "train")
+    dev = generate(n_dev, seed, "dev", exclude=frozenset(normalized(t.text) for t in train))
     rng = random.Random(f"lorafleet-ticket-files-{seed}")
     prompts = load_phrasebook().system_prompts
     files: dict[str, list[bytes]] = {"train-openai.jsonl": [], "train-sharegpt.jsonl": []}
