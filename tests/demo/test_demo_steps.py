@@ -75,3 +75,23 @@ def test_step_log_prints_each_step_and_its_time() -> None:
     console.print(log.table())
     assert [s.title for s in log.steps] == ["prepare", "train v1"]
     assert "total" in console.export_text()
+
+
+def test_examples_show_each_models_answer_cut_short_and_failures_by_status() -> None:
+    from lorafleet.demo.traffic import examples_table
+    from lorafleet.eval.report import CaseResult, EvalReport, ModelReport
+
+    expected = {"category": "billing", "priority": "high"}
+    long_answer = "[not markup] " + "word " * 200
+    models = [
+        ModelReport(model="base", requests=1, scored=1, cases=[CaseResult(line=1, status="ok", answer=long_answer, expected=expected)]),
+        ModelReport(model="support", requests=1, scored=1, cases=[CaseResult(line=1, status="timeout", expected=expected)]),
+    ]
+    report = EvalReport(endpoint="http://gw", data="dev.jsonl", lines=1, temperature=0, max_tokens=8, concurrency=1,
+                        timeout_s=1, started_at="2026-11-30T00:00:00+00:00", models=models)
+    console = Console(record=True, width=400)
+    console.print(examples_table(report, 3, longest=40))
+    text = console.export_text()
+    assert "category=billing, priority=high" in text
+    assert "[not markup] word word" in text and "…" in text and "word " * 10 not in text
+    assert "(timeout)" in text

@@ -65,7 +65,7 @@ def test_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path, monkeyp
     assert len(result.steps) == STEPS
     for step in result.steps:
         assert f"{step.title}: " in text
-    assert "JSON valid" in text and "first 3 answers" in text and "ab-report" in text
+    assert "JSON valid" in text and "3 held-out tickets, answered by each model" in text and "ab-report" in text
     # nothing left running
     leftovers = [p for p in psutil.Process().children(recursive=True) if "vllm" in " ".join(p.cmdline())]
     assert leftovers == []
@@ -77,8 +77,8 @@ def test_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path, monkeyp
     )
     assert reused and prepared == report
     before = (out / "artifacts" / f"{ALIAS}-v2" / "adapter_model.safetensors").stat().st_mtime_ns
-    from lorafleet.demo.quickstart import _train_config
+    from lorafleet.demo.quickstart import version_config
 
-    _, reused = build.train_cached(out / "prepared", out / "artifacts" / f"{ALIAS}-v2", _train_config(options.recipe, options))
+    _, reused = build.train_cached(out / "prepared", out / "artifacts" / f"{ALIAS}-v2", version_config(options.recipe, options))
     assert reused
     assert (out / "artifacts" / f"{ALIAS}-v2" / "adapter_model.safetensors").stat().st_mtime_ns == before

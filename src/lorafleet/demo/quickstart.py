@@ -25,13 +25,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from lorafleet.config import TrainConfig, load_train_config
+from lorafleet.config import TrainConfig, loadversion_config
 from lorafleet.data.prepare import PrepareOptions
 from lorafleet.demo import build, traffic
 from lorafleet.demo.fleet import RunningFleet, build_registry
 from lorafleet.demo.steps import StepLog, StepTime
 from lorafleet.demo.triage import FORMAT_INSTRUCTIONS
-from lorafleet.eval.render import examples_table, summary_table
+from lorafleet.eval.render import summary_table
 from lorafleet.eval.report import EvalReport
 from lorafleet.eval.runner import Target
 from lorafleet.models import EMBEDDED_DEFAULT, resolve_model
@@ -89,7 +89,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     if options.fresh:
         shutil.rmtree(out, ignore_errors=True)
     log = StepLog(console, STEPS)
-    configs = [_train_config(options.first_version, options), _train_config(options.recipe, options)]
+    configs = [version_config(options.first_version, options), version_config(options.recipe, options)]
 
     with log.step("base model", f"resolve {EMBEDDED_DEFAULT} (converted once from its GGUF file into the model cache)"):
         console.print(f"ready at {resolve_model(EMBEDDED_DEFAULT).path}", highlight=False)
@@ -154,7 +154,7 @@ def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptio
         eval_path = out / "eval" / "eval-report.json"
         traffic.write_eval_report(eval_path, report)
         console.print(summary_table(report))
-        console.print(examples_table(report, 3))
+        console.print(traffic.examples_table(report, 3))
         console.print(f"full report with confusion tables: {eval_path}", highlight=False)
     with log.step("ab-report", f"compare {ALIAS!r}'s versions on the canary traffic, from the gateway's request log"):
         fleet.flush_request_log()
@@ -165,6 +165,7 @@ def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptio
     return DemoResult(refs, report, eval_path, dict(seen), stats, ab_path, log.steps)
 
 
-def _train_config(path: Path, options: DemoOptions) -> TrainConfig:
-    config = load_train_config(path)
+def version_config(path: Path, options: DemoOptions) -> TrainConfig:
+    """The train config at `path`, with the options' step cap applied."""
+    config = loadversion_config(path)
     return config.model_copy(update={"max_steps": options.max_steps}) if options.max_steps else config

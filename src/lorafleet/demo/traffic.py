@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -83,6 +84,23 @@ def run_eval(url: str, dev: Path, targets: list[Target], limit: int | None, cons
             progress.update(tasks[name], completed=done)
 
         return evaluate(options, on_progress)
+
+
+def examples_table(report: EvalReport, n: int = 3, longest: int = 240) -> Table:
+    """The first `n` held-out tickets with each model's answer, cut at `longest` characters (the JSON report has them whole)."""
+    table = Table(title=f"{n} held-out tickets, answered by each model", title_justify="left", show_lines=True)
+    for column in ("expected", *(m.model for m in report.models)):
+        table.add_column(column)
+    for i in range(min(n, report.lines)):
+        expected = ", ".join(f"{k}={v}" for k, v in report.models[0].cases[i].expected.items())
+        answers = [_shorten(m.cases[i].answer or f"({m.cases[i].status})", longest) for m in report.models]
+        table.add_row(escape(expected), *map(escape, answers))
+    return table
+
+
+def _shorten(text: str, longest: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= longest else text[: longest - 1] + "…"
 
 
 def write_eval_report(path: Path, report: EvalReport) -> None:
