@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from lorafleet.config import TrainConfig, loadversion_config
+from lorafleet.config import TrainConfig, load_train_config
 from lorafleet.data.prepare import PrepareOptions
 from lorafleet.demo import build, traffic
 from lorafleet.demo.fleet import RunningFleet, build_registry
@@ -167,5 +167,5 @@ def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptio
 
 def version_config(path: Path, options: DemoOptions) -> TrainConfig:
     """The train config at `path`, with the options' step cap applied."""
-    config = loadversion_config(path)
+    config = load_train_config(path)
     return config.model_copy(update={"max_steps": options.max_steps}) if options.max_steps else config
