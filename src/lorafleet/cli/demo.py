@@ -20,11 +20,16 @@ def demo(
     dev: int = typer.Option(200, "--dev", min=1, help="Held-out tickets to generate and evaluate on."),
 ) -> None:
     """Raw tickets → prepare → train → push, 90/10 canary, promote → serve → eval base vs adapter → ab-report → stop."""
+    from lorafleet.demo.fleet import FleetNotReady
     from lorafleet.demo.quickstart import DemoOptions, run_demo
+    from lorafleet.serve.launch import ServeError
 
     for path, flag in ((recipe, "--config"), (first_version, "--first-config")):
         if not path.is_file():
             fail(f"demo config {path} ({flag}) not found; run the demo from the repository root (`make demo`) or pass {flag}")
     options = DemoOptions(out=out, recipe=recipe, first_version=first_version, fresh=fresh, keep_serving=keep_serving,
                           port=port, replicas=replicas, dev_tickets=dev)
-    run_demo(options, console)
+    try:
+        run_demo(options, console)
+    except (ValueError, ServeError, FleetNotReady, TimeoutError) as exc:  # config, data, plan and start-up errors say what and where
+        fail(f"demo stopped: {exc}")
