@@ -56,6 +56,10 @@ class DemoOptions(BaseModel):
     keep_serving: bool = Field(False, description="leave the fleet up at the end until Ctrl-C")
     port: int = Field(0, ge=0, le=65535, description="gateway port (0 = any free port)")
     replicas: int = Field(1, ge=1, description="vLLM replicas to start")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="KV cache per replica; 1 GiB holds the demo's 8 concurrent requests many times over, "
+        "and the derived default (a share of host memory) fails on a machine whose memory others are using"
+    )
     seed: int = Field(0, description="seed of the generated tickets")
     train_tickets: int = Field(1000, ge=8, description="training conversations to generate")
     dev_tickets: int = Field(200, ge=1, description="held-out tickets to generate and evaluate on")
@@ -116,7 +120,8 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
         routes = ", ".join(f"{r.ref}={r.weight}" for r in revision.routes)
         console.print(f"pushed {', '.join(p.ref for p in pushed)}; alias {ALIAS} → {routes}", highlight=False)
 
-    fleet_config = FleetConfig(port=options.port or free_port(), replicas=options.replicas, startup_timeout_s=options.startup_timeout_s)
+    fleet_config = FleetConfig(port=options.port or free_port(), replicas=options.replicas, kv_cache_gib=options.kv_cache_gib,
+                               startup_timeout_s=options.startup_timeout_s)
     fleet = RunningFleet(fleet_config)
     try:
         with log.step("serve", f"start {options.replicas} vLLM replica(s) with derived flags and the gateway (about a minute)"):
