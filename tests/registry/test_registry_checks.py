@@ -124,13 +124,13 @@ def test_push_refuses_each_bad_artifact(case: str, make_artifact: Callable[..., 
     assert not [p for p in store.store_dir().glob("*") if not p.name.startswith(".")]
 
 
-def test_the_untampered_artifact_passes_every_check(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
-    base = init_base(str(tiny_model))
-    from lorafleet.registry.push import check_artifact
+def test_the_untampered_artifact_passes_every_check(make_artifact: Callable[..., Path], tiny_model: Path, tmp_path: Path) -> None:
+    init_base(str(tiny_model))
+    from lorafleet.registry.push import check_staged, registry_base, stage_artifact
     from lorafleet.artifact import load_manifest
 
-    artifact = make_artifact()
-    assert check_artifact(artifact, load_manifest(artifact), base, tiny_model) == []
+    staged = stage_artifact(make_artifact(), tmp_path)
+    assert check_staged(staged, load_manifest(staged.root), registry_base()) == []
 
 
 def test_a_wrong_tokenizer_inside_the_artifact_is_refused(make_artifact: Callable[..., Path], tiny_model: Path) -> None:

@@ -69,3 +69,18 @@ def test_gc_command(make_artifact: Callable[..., Path], tiny_model: Path) -> Non
     _run("rm", "support@v1")
     assert len(_json("gc")["removed"]) == 1
     assert "removed 0" in _run("gc")
+
+
+def test_restamp_command(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
+    from lorafleet.fingerprints import base_fingerprints
+    from registry_artifacts import reseal
+
+    _run("init", "--model", str(tiny_model))
+    artifact = make_artifact()
+    fingerprints = base_fingerprints(tiny_model)
+    reseal(artifact, format_version=1, base_fingerprint=fingerprints.legacy_model)
+    assert "lorafleet adapters restamp" in _run("push", str(artifact), "--name", "support", code=2)
+    restamped = _json("restamp", str(artifact))
+    assert (restamped["old_base_fingerprint"], restamped["base_fingerprint"]) == (fingerprints.legacy_model, fingerprints.model)
+    assert _run("push", str(artifact), "--name", "support").strip() == "support@v1"
+    assert "nothing to restamp" in _run("restamp", str(artifact), code=2)

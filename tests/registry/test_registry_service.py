@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from sqlalchemy import text
 
 from lorafleet.registry import db, service, store
 from lorafleet.registry.errors import BaseModelMismatch, InUse, InvalidName, InvalidSpec, NotFound, NothingToRollBack
+from lorafleet.registry.intake import remove_tree
 from lorafleet.registry.push import init_base, push
 
 pytestmark = pytest.mark.usefixtures("registry_backend")
@@ -176,9 +176,11 @@ def test_gc_removes_only_unreferenced_content(make_artifact: Callable[..., Path]
 def test_damaged_store_content_is_replaced_on_push(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
     init_base(str(tiny_model))
     first = push(make_artifact(), "support")
-    (first.content_path / "adapter_model.safetensors").write_bytes(b"damaged")
+    damaged = first.content_path / "adapter_model.safetensors"
+    damaged.chmod(0o644)  # stored files are sealed read-only; damage comes from outside lorafleet
+    damaged.write_bytes(b"damaged")
     second = push(make_artifact(), "support")
     assert not second.content_reused
     assert (second.content_path / "adapter_model.safetensors").read_bytes() == (make_artifact() / "adapter_model.safetensors").read_bytes()
-    shutil.rmtree(second.content_path)
+    remove_tree(second.content_path)
     assert push(make_artifact(), "support").ref == "support@v3"

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lorafleet.data.dataset import IGNORE_INDEX
-from lorafleet.train import linear_ce
-from lorafleet.train.linear_ce import chunk_rows, linear_cross_entropy_sum
+from lorafleet.train.fast import linear_ce
+from lorafleet.train.fast.linear_ce import chunk_rows, linear_cross_entropy_sum
 
 
 def _reference(hidden, weight, target):

@@ -1,4 +1,5 @@
-"""The CUDA paths: QLoRA (NF4 + paged 8-bit AdamW) and bf16 LoRA, on the tiny model. Skipped without CUDA."""
+"""The CUDA paths of `train_adapter` on the tiny model: QLoRA (NF4 + lorafleet's 8-bit AdamW, or bitsandbytes'
+paged one when asked) and bf16 LoRA, with the speed-up plan's defaults. Marked ``gpu``; skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from prepared_data import read_metrics, tiny_config
 
-from lorafleet.artifact import verify_artifact
+from lorafleet.artifact import load_manifest, verify_artifact
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,7 +21,9 @@ needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
 
 @needs_bnb
 def test_qlora_base_is_nf4_on_one_device_with_checkpointing(tiny_model: Path):
-    from lorafleet.train.trainer import attach_adapter, build_optimizer, load_base_model
+    from lorafleet.train.build import attach_adapter, build_optimizer, load_base_model
+    from lorafleet.train.fast.facts import DeviceFacts
+    from lorafleet.train.fast.plan import choose_optimizer
 
     config = tiny_config(tiny_model, quantization="nf4", precision="bf16", gradient_checkpointing=True)
     device = torch.device("cuda", torch.cuda.current_device())
@@ -30,9 +33,11 @@ def test_qlora_base_is_nf4_on_one_device_with_checkpointing(tiny_model: Path):
     linear = model.model.layers[0].self_attn.q_proj
     assert type(linear).__name__ == "Linear4bit" and linear.weight.quant_type == "nf4"
     peft_model = attach_adapter(model, config)
-    optimizer, _ = build_optimizer(peft_model, config, total_steps=10)
+    cuda = DeviceFacts("cuda")
+    optimizer, _ = build_optimizer(peft_model, choose_optimizer(config, cuda), config, total_steps=10)
     assert type(optimizer).__name__ == "AdamW8bit" and not optimizer.is_paged  # lorafleet's, no per-parameter sync
-    paged, _ = build_optimizer(peft_model, config.model_copy(update={"paged_optimizer": True}), total_steps=10)
+    paged_config = tiny_config(tiny_model, quantization="nf4", speedups={"paged_optimizer": True})
+    paged, _ = build_optimizer(peft_model, choose_optimizer(paged_config, cuda), config, total_steps=10)
     assert type(paged).__name__ == "PagedAdamW8bit"
 
 
@@ -80,13 +85,15 @@ def test_qlora_with_cuda_graphs_replays_and_matches_eager(tiny_model: Path, tiny
     losses = {}
     for graphs in (False, True):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="lorafleet.train.graphs"):
+        with caplog.at_level(logging.INFO, logger="lorafleet.train.fast.graphs"):
             config = tiny_config(tiny_model, quantization="nf4", precision="auto", epochs=3, lora_dropout=0.0,
-                                 cuda_graphs=graphs, max_grad_norm=1.0)
+                                 speedups={"cuda_graphs": graphs}, max_grad_norm=1.0)
             train_adapter(tiny_data, tmp_path / str(graphs), config, show_progress=False)
         losses[graphs] = [r["loss"] for r in read_metrics(tmp_path / str(graphs)) if r["type"] == "train"]
         captured = [r for r in caplog.records if "captured a CUDA graph" in r.getMessage()]
         assert bool(captured) == graphs
+        plan = load_manifest(tmp_path / str(graphs)).speedup_plan  # the manifest records the plan
+        assert plan["fast"] and plan["cuda_graphs"] == graphs and plan["architecture"] == "llama"
     assert "CUDA graphs on" in capsys.readouterr().err
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3)
     assert losses[True] == pytest.approx(losses[False], rel=2e-2)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from lorafleet.cli import adapters, data, demo, train
+from lorafleet.cli import adapters, data, demo, serve, train
+from lorafleet.cli import eval as eval_cli  # the module is named for its command, not the builtin
 
 app = typer.Typer(
     help="Turn chat data into LoRA / QLoRA adapters and serve a fleet of them on one base model.",
@@ -20,6 +21,5 @@ data.register(app)
 train.register(app)
 app.add_typer(adapters.adapters_app, name="adapters")
 app.command("demo")(demo.demo)
-from lorafleet.cli import eval as eval_cli  # noqa: E402  (module named for its command, not the builtin)
-
+serve.register(app)
 eval_cli.register(app)

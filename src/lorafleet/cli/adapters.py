@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lorafleet.cli.common import JsonOption, ModelOption, console, fail
+from lorafleet.cli.common import JsonOption, ModelOption, console, err_console, fail
 
 adapters_app = typer.Typer(help="The adapter registry: push versions, route aliases, promote and roll back.", no_args_is_help=True)
 alias_app = typer.Typer(help="Route an alias (the public model name) to adapter versions.", no_args_is_help=True)
@@ -43,9 +43,11 @@ def _print_revision(rev) -> None:  # type: ignore[no-untyped-def]
 @adapters_app.command("init")
 def adapters_init(model: str = ModelOption, as_json: bool = JsonOption) -> None:
     """Pin the registry's base model (one registry serves one base model)."""
+    from lorafleet.cli.data import fingerprint_progress
     from lorafleet.registry.push import init_base
 
-    base = _registry(init_base, model)
+    with fingerprint_progress(model) as on_progress:
+        base = _registry(init_base, model, on_progress)
     if as_json:
         _print_json(base)
     else:
@@ -58,15 +60,46 @@ def adapters_push(
     name: str = typer.Option(..., "--name", help="Adapter name: [a-z0-9][a-z0-9._-]{0,62}."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Check an artifact and store it as the next immutable version NAME@vN."""
+    """Check an artifact and store it as the next immutable version NAME@vN.
+
+    The artifact is first copied into a private staging folder; every check reads that copy, and that
+    copy is what the store keeps (read-only).
+    """
     from lorafleet.registry.push import push
 
-    result = _registry(push, artifact_dir, name)
+    with err_console.status(f"staging {artifact_dir}") as status:
+        def show(event) -> None:  # type: ignore[no-untyped-def]
+            size = sum(f.size for f in event.staged.files.values())
+            status.update(f"{'checking' if event.phase == 'staged' else 'storing'} {artifact_dir} ({len(event.staged.files)} files, {size:,} bytes)")
+
+        result = _registry(push, artifact_dir, name, on_phase=show)
     if as_json:
         _print_json({"ref": result.ref, "version": result.version, "content_path": result.content_path,
                      "content_reused": result.content_reused})
     else:
         print(result.ref)
+
+
+@adapters_app.command("restamp")
+def adapters_restamp(
+    artifact_dir: Path = typer.Argument(..., help="An artifact folder whose lorafleet.json has format_version 1."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Give an artifact from an earlier lorafleet the current base fingerprint, after every push check.
+
+    Earlier base fingerprints did not cover weight values, so push refuses them. Use this only for an
+    adapter you know was trained on the registry's base: nothing in an adapter can prove it, and the
+    manifest records `restamped_at`. Otherwise re-train.
+    """
+    from lorafleet.registry.restamp import restamp
+
+    old, new = _registry(restamp, artifact_dir)
+    if as_json:
+        _print_json({"artifact": artifact_dir, "old_base_fingerprint": old.base_fingerprint,
+                     "base_fingerprint": new.base_fingerprint, "restamped_at": new.restamped_at})
+    else:
+        console.print(f"restamped {artifact_dir}: base_fingerprint {old.base_fingerprint[:12]}… (scheme 1) → "
+                      f"{new.base_fingerprint[:12]}… (scheme 2); push it again", highlight=False)
 
 
 @adapters_app.command("list")

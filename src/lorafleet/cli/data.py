@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -15,24 +17,55 @@ model_app = typer.Typer(help="Inspect base models.", no_args_is_help=True)
 
 @model_app.command("info")
 def model_info(model: str = ModelOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Resolve a base model (converting the embedded default on first use) and print its fingerprints."""
-    from lorafleet.models import model_fingerprint, resolve_model, tokenizer_fingerprint
+    """Resolve a base model (converting the embedded default on first use) and print its fingerprints.
+
+    The model fingerprint covers the config, every tensor's bytes and the tokenizer; the first run on a
+    model reads all its weights once (with a progress bar), later runs come from the cache.
+    """
+    from lorafleet.fingerprints import SCHEME, base_fingerprints
+    from lorafleet.models import resolve_model
 
     try:
         ref = resolve_model(model)
+        with fingerprint_progress(ref.name) as on_progress:
+            fingerprints = base_fingerprints(ref.path, on_progress=on_progress)
     except ModelError as exc:
         fail(str(exc))
     info = {
         "name": ref.name,
         "path": str(ref.path),
-        "model_fingerprint": model_fingerprint(ref.path),
-        "tokenizer_fingerprint": tokenizer_fingerprint(ref.path),
+        "model_fingerprint": fingerprints.model,
+        "fingerprint_scheme": SCHEME,
+        "tokenizer_fingerprint": fingerprints.tokenizer,
+        "legacy_model_fingerprint": fingerprints.legacy_model,  # scheme 1, found in format-1 manifests
     }
     if as_json:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            console.print(f"[bold]{key}[/]: {value}", highlight=False)
+            console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def fingerprint_progress(name: str) -> Iterator[Callable[[int, int], None]]:
+    """A callback for base_fingerprints that shows a progress bar on stderr once hashing starts (nothing when cached)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(f"fingerprinting {name}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                        console=err_console, transient=True)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task("hash", total=total)
+        progress.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        progress.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from lorafleet.cli.common import console, err_console, fail
-from lorafleet.models import EMBEDDED_DEFAULT, ModelError
+from lorafleet.config import field_help
+from lorafleet.models import ModelError
 
 
 def register(app: typer.Typer) -> None:
@@ -16,35 +17,45 @@ def register(app: typer.Typer) -> None:
     app.command("verify")(verify)
 
 
+def _option(name: str, *flags: str):
+    """A flag for TrainConfig field `name`, its help text the field's description."""
+    return typer.Option(None, *flags, help=field_help(name) + ".")
+
+
 def train(
     data: Path = typer.Option(..., "--data", help="Prepared dataset folder (from `lorafleet prepare`)."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to create (written atomically)."),
-    config_file: Path | None = typer.Option(None, "--config", help="YAML file of train options; flags override it."),
-    model: str | None = typer.Option(None, "--model", help=f"Base model (default {EMBEDDED_DEFAULT!r})."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the train split."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per micro-batch per process."),
-    grad_accum: int | None = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
-    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank."),
-    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA alpha."),
-    lora_dropout: float | None = typer.Option(None, "--lora-dropout", help="Dropout on the LoRA input."),
-    target_modules: str | None = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
-    rslora: bool | None = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilized LoRA scaling (default on)."),
-    dora: bool | None = typer.Option(None, "--dora/--no-dora", help="Weight-decomposed LoRA (vLLM cannot serve it)."),
-    quantization: str | None = typer.Option(None, "--quantization", help="none | nf4 (QLoRA, CUDA only)."),
-    precision: str | None = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
-    gradient_checkpointing: bool | None = typer.Option(
-        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file of train options (TrainConfig); flags override it."),
+    model: str | None = _option("model", "--model"),
+    epochs: int | None = _option("epochs", "--epochs"),
+    max_steps: int | None = _option("max_steps", "--max-steps"),
+    batch_size: int | None = _option("batch_size", "--batch-size"),
+    grad_accum: int | None = _option("grad_accum", "--grad-accum"),
+    lr: float | None = _option("lr", "--lr"),
+    lora_r: int | None = _option("lora_r", "--lora-r"),
+    lora_alpha: float | None = _option("lora_alpha", "--lora-alpha"),
+    lora_dropout: float | None = _option("lora_dropout", "--lora-dropout"),
+    target_modules: str | None = typer.Option(
+        None, "--target-modules", help=field_help("target_modules") + " (comma-separated)."),
+    rslora: bool | None = _option("rslora", "--rslora/--no-rslora"),
+    dora: bool | None = _option("dora", "--dora/--no-dora"),
+    quantization: str | None = _option("quantization", "--quantization"),
+    precision: str | None = _option("precision", "--precision"),
+    gradient_checkpointing: bool | None = _option(
+        "gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing"),
+    packing: bool | None = _option("packing", "--packing/--no-packing"),
+    eval_every: int | None = _option("eval_every", "--eval-every"),
+    early_stopping_patience: int | None = _option("early_stopping_patience", "--early-stopping-patience"),
+    save_every: int | None = _option("save_every", "--save-every"),
+    seed: int | None = _option("seed", "--seed"),
+    tensorboard: bool | None = _option("tensorboard", "--tensorboard/--no-tensorboard"),
+    resume: bool = typer.Option(False, "--resume", help=field_help("resume") + "."),
+    force: bool = typer.Option(False, "--force", help=field_help("force") + " (and discard its checkpoints)."),
+    settings: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE",
+        help="Any other TrainConfig field, dotted for the speed-up section (value in YAML syntax), e.g. "
+        "--set speedups.cuda_graphs=false; repeatable.",
     ),
-    packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Pack samples (needs flash-attention)."),
-    eval_every: int | None = typer.Option(None, "--eval-every", help="Evaluate every N steps (always at the end)."),
-    early_stopping_patience: int | None = typer.Option(None, "--early-stopping-patience", help="Evaluations without improvement before stopping."),
-    save_every: int | None = typer.Option(None, "--save-every", help="Also checkpoint every N steps (always each epoch)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for data order, LoRA init and dropout."),
-    tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also write TensorBoard events."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run for --out."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and discard its checkpoints)."),
 ) -> None:
     """Train a LoRA / QLoRA adapter on a prepared dataset and write a self-describing artifact.
 
@@ -59,11 +70,13 @@ def train(
     from lorafleet.train.save import OutputError
     from lorafleet.train.trainer import train_adapter
 
-    overrides = {k: v for k, v in options.items() if k not in {"data", "out", "config_file"}}
+    overrides = {k: v for k, v in options.items() if k not in {"data", "out", "config_file", "settings"}}
     overrides |= {"resume": resume or None, "force": force or None}  # an absent flag leaves the YAML's value
     if target_modules is not None and target_modules != "all-linear":
         overrides["target_modules"] = [m.strip() for m in target_modules.split(",") if m.strip()]
     try:
+        for setting in settings:
+            _merge_setting(overrides, setting)
         config = load_train_config(config_file, overrides)
         manifest = train_adapter(data, out, config)
     except (ConfigError, PreflightError, OutputError, DatasetError, ModelError, CheckpointError) as exc:
@@ -76,6 +89,24 @@ def train(
         f"eval loss {m.eval_loss if m.eval_loss is None else round(m.eval_loss, 4)}, {m.tokens_per_s:,.0f} tokens/s",
         highlight=False,
     )
+
+
+def _merge_setting(overrides: dict, setting: str) -> None:
+    """Add one `--set a.b=value` to `overrides` (nested by the dots; the value parsed as YAML)."""
+    import yaml
+
+    from lorafleet.config import ConfigError
+
+    key, sep, raw = setting.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. speedups.cuda_graphs=false")
+    *parents, leaf = key.strip().replace("-", "_").split(".")
+    node = overrides
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {setting!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(raw)
 
 
 def verify(artifact: Path = typer.Argument(..., help="Artifact folder (with lorafleet.json).")) -> None:

@@ -1,1 +1,1 @@
-"""The quickstart that `make demo` runs, and its sample data."""
+"""`lorafleet demo` (what `make demo` runs), the support-ticket triage task and its data generator."""

@@ -1,11 +1,18 @@
-"""`lorafleet demo`: the whole lifecycle on the embedded model, in a few minutes on a CPU.
+"""`lorafleet demo`: from raw support tickets to a served adapter measured against the base model, on a CPU.
 
-prepare the shipped support chats → train two adapter versions → verify them → push both to a
-registry → canary alias (90/10) → promote → rollback → answer one held-out question with the base
-model and with the promoted adapter loaded from the registry's store.
+    base model → generate ticket data → prepare → train v1 (a quick first version) → train v2 (the
+    full triage recipe) → push both, alias `support` at v1=90 / v2=10 → serve (vLLM replicas +
+    gateway) → canary traffic → promote v2 → eval: base model + format instructions versus `support`
+    on the held-out tickets → ab-report of the canary traffic → stop (or keep serving)
 
-Everything is written under one folder (default `demo-output/`), the registry included, so the
-demo never touches the user's own `LORAFLEET_HOME`.
+Why v1 is the cheap one: the alias that is promoted and evaluated should be the best adapter, so
+the full recipe is the canary that gets promoted, and the version it replaces is a short run of the
+same recipe (configs/demo.yaml: fewer steps, another seed).
+
+Everything lives under one folder (default `demo-output/`). The generated data, the prepared
+dataset and the trained artifacts are reused by the next run when their inputs are unchanged
+(`--fresh` starts over); the registry (`home/`) is rebuilt on every run, which costs seconds and
+keeps the versions numbered v1 and v2 and the request log to this run's traffic.
 """
 
 from __future__ import annotations
@@ -13,159 +20,152 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.table import Table
 
 from lorafleet.config import TrainConfig, load_train_config
-from lorafleet.data.dataset import read_split
-from lorafleet.data.prepare import PrepareOptions, prepare_dataset
-from lorafleet.models import EMBEDDED_DEFAULT, load_tokenizer, resolve_model
-from lorafleet.artifact import Manifest, verify_artifact
+from lorafleet.data.prepare import PrepareOptions
+from lorafleet.demo import build, traffic
+from lorafleet.demo.fleet import RunningFleet, build_registry
+from lorafleet.demo.steps import StepLog, StepTime
+from lorafleet.demo.triage import FORMAT_INSTRUCTIONS
+from lorafleet.eval.render import summary_table
+from lorafleet.eval.report import EvalReport
+from lorafleet.eval.runner import Target
+from lorafleet.models import EMBEDDED_DEFAULT, resolve_model
+from lorafleet.serve.abreport import VersionStats
+from lorafleet.serve.config import FleetConfig
+from lorafleet.serve.engine import free_port
 
 ALIAS = "support"
-FALLBACK_PROMPT = "You are Acme's support assistant. Answer briefly and politely."
-MAX_SEQ_LENGTH = 512
+STEPS = 12
+EXAMPLE_TICKET = "Hi, I was charged twice for my subscription this month and need one of the payments refunded."
+
+
+class DemoOptions(BaseModel):
+    """Everything `lorafleet demo` can be told."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(Path("demo-output"), description="folder for everything the demo writes, its registry included")
+    recipe: Path = Field(Path("configs/triage.yaml"), description="train config of v2, the adapter that is promoted")
+    first_version: Path = Field(Path("configs/demo.yaml"), description="train config of v1, the quick first version")
+    fresh: bool = Field(False, description="delete `out` first instead of reusing its data, dataset and adapters")
+    keep_serving: bool = Field(False, description="leave the fleet up at the end until Ctrl-C")
+    port: int = Field(0, ge=0, le=65535, description="gateway port (0 = any free port)")
+    replicas: int = Field(1, ge=1, description="vLLM replicas to start")
+    seed: int = Field(0, description="seed of the generated tickets")
+    train_tickets: int = Field(1000, ge=8, description="training conversations to generate")
+    dev_tickets: int = Field(200, ge=1, description="held-out tickets to generate and evaluate on")
+    max_seq_length: int = Field(
+        1024, ge=64, description="prepare's length limit; it becomes the served context, which must hold the base model's format instructions"
+    )
+    max_steps: int | None = Field(None, ge=1, description="cap both versions' training steps (a shortened demo)")
+    canary_requests: int = Field(40, ge=1, description="requests sent to the alias while the 90/10 split is live")
+    startup_timeout_s: float = Field(900, gt=0, description="how long the replicas may take to become healthy")
 
 
 @dataclass(frozen=True)
-class TrainedVersion:
-    """One adapter the demo trained and pushed."""
+class DemoResult:
+    """What a demo run produced, for the caller (and the tests) to check."""
 
-    ref: str
-    artifact: Path
-    manifest: Manifest
+    refs: list[str]
+    eval_report: EvalReport
+    eval_path: Path
+    canary_seen: dict[str, int]
+    ab_stats: list[VersionStats]
+    ab_path: Path
+    steps: list[StepTime]
 
 
-def demo_data() -> Path:
-    """The shipped sample: 300 synthetic support chats in four formats, with a few bad lines."""
-    return Path(str(resources.files("lorafleet.demo") / "data" / "support.jsonl"))
+def run_demo(options: DemoOptions, console: Console) -> DemoResult:
+    """Run every step into `options.out`; the fleet is stopped on return unless keep_serving (then on Ctrl-C).
 
-
-def run_demo(out: Path, config: Path, console: Console) -> list[TrainedVersion]:
-    """Run the quickstart into `out` (replaced if it exists) with the train config file `config`.
-
-    Returns the versions it pushed; raises whatever the library raises for bad input.
+    Raises what the library raises for bad input (a config that does not validate, a port in use, …).
     """
-    out = Path(out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    os.environ["LORAFLEET_HOME"] = str(out / "home")  # the demo's own registry and store
+    out = options.out.resolve()
+    if options.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    log = StepLog(console, STEPS)
+    configs = [version_config(options.first_version, options), version_config(options.recipe, options)]
 
-    console.rule("1/5 base model")
-    ref = resolve_model(EMBEDDED_DEFAULT)
-    console.print(f"{EMBEDDED_DEFAULT} ready at {ref.path}", highlight=False)
+    with log.step("base model", f"resolve {EMBEDDED_DEFAULT} (converted once from its GGUF file into the model cache)"):
+        console.print(f"ready at {resolve_model(EMBEDDED_DEFAULT).path}", highlight=False)
+    with log.step("generate data", f"support-ticket triage data, seed {options.seed}: several chat formats, a few broken lines"):
+        summary = build.generate_data(out / "data", options.seed, options.train_tickets, options.dev_tickets)
+        build.print_data_summary(summary, out / "data", console)
+    with log.step("prepare", "validate every line, apply the chat template, mask the loss to the answers, split") as step:
+        prepare = PrepareOptions(max_seq_length=options.max_seq_length, seed=options.seed)
+        report, step.reused = build.prepare_cached(build.train_files(out / "data", summary), out / "prepared", prepare)
+        build.print_prepare(report, console)
+    artifacts = []
+    for number, (config, source) in enumerate(zip(configs, [options.first_version, options.recipe]), start=1):
+        with log.step(f"train v{number}", f"LoRA on the CPU with {source}: {config.max_steps} steps, seed {config.seed}") as step:
+            artifact = out / "artifacts" / f"{ALIAS}-v{number}"
+            manifest, step.reused = build.train_cached(out / "prepared", artifact, config)
+            build.print_trained(artifact.name, manifest, console)
+            artifacts.append(artifact)
 
-    console.rule("2/5 prepare")
-    data = out / "prepared"
-    report = prepare_dataset([demo_data()], data, PrepareOptions(max_seq_length=MAX_SEQ_LENGTH))
-    console.print(
-        f"{report.lines} lines: {report.accepted} accepted, {report.rejected} rejected "
-        f"(see {data / 'rejected.jsonl'}), {report.duplicates} duplicates; train {report.train}, eval {report.eval}",
-        highlight=False,
-    )
+    home = out / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    os.environ["LORAFLEET_HOME"] = str(home)  # the demo's own registry, store and logs, never the user's
+    with log.step("registry", f"push both versions, route alias {ALIAS!r} 90/10 between v1 and the v2 canary"):
+        pushed, revision = build_registry(ALIAS, artifacts, FORMAT_INSTRUCTIONS)
+        routes = ", ".join(f"{r.ref}={r.weight}" for r in revision.routes)
+        console.print(f"pushed {', '.join(p.ref for p in pushed)}; alias {ALIAS} → {routes}", highlight=False)
 
-    console.rule("3/5 train two versions")
-    base_config = load_train_config(config)
-    versions = [
-        train_version(data, out / "artifacts" / "support-a", base_config, console),
-        train_version(data, out / "artifacts" / "support-b", base_config.model_copy(update={"seed": 1, "lr": 1e-3}), console),
-    ]
-
-    console.rule("4/5 registry: push, canary, promote, rollback")
-    versions = push_and_route(versions, console)
-
-    console.rule("5/5 answer a held-out question")
-    compare_answers(data, ref.path, versions[1], console)
-    print_results(versions, console)
-    return versions
-
-
-def train_version(data: Path, artifact: Path, config: TrainConfig, console: Console) -> TrainedVersion:
-    """Train one adapter and verify the artifact against its manifest."""
-    from lorafleet.train.trainer import train_adapter
-
-    manifest = train_adapter(data, artifact, config)
-    problems = verify_artifact(artifact)
-    if problems:
-        raise RuntimeError(f"the demo's artifact {artifact} does not verify: {problems}")
-    console.print(
-        f"{artifact.name}: {manifest.metrics.steps} steps, train loss {manifest.metrics.train_loss:.3f}, "
-        f"eval loss {manifest.metrics.eval_loss:.3f}, verified ({len(manifest.files)} files)",
-        highlight=False,
-    )
-    return TrainedVersion(ref="", artifact=artifact, manifest=manifest)
-
-
-def push_and_route(versions: list[TrainedVersion], console: Console) -> list[TrainedVersion]:
-    """Push each artifact as the next version of `support`, then canary, promote and roll back."""
-    from lorafleet.registry import service
-    from lorafleet.registry.push import init_base, push
-
-    init_base(EMBEDDED_DEFAULT)
-    pushed = [TrainedVersion(push(v.artifact, ALIAS).ref, v.artifact, v.manifest) for v in versions]
-    first, second = pushed[0].ref, pushed[1].ref
-    console.print(f"pushed {first} and {second}", highlight=False)
-    steps = [
-        (f"alias set {ALIAS} {first}=90 {second}=10", lambda: service.set_alias(ALIAS, [f"{first}=90", f"{second}=10"], FALLBACK_PROMPT)),
-        (f"promote {ALIAS} {second}", lambda: service.promote(ALIAS, second)),
-        (f"rollback {ALIAS}", lambda: service.rollback(ALIAS)),
-        (f"promote {ALIAS} {second}", lambda: service.promote(ALIAS, second)),
-    ]
-    for label, action in steps:
-        revision = action()
-        routing = ", ".join(f"{r.ref}={r.weight}" for r in revision.routes)
-        console.print(f"{label:<40} → revision {revision.revision}: {routing}", highlight=False)
-    return pushed
+    fleet_config = FleetConfig(port=options.port or free_port(), replicas=options.replicas, startup_timeout_s=options.startup_timeout_s)
+    fleet = RunningFleet(fleet_config)
+    try:
+        with log.step("serve", f"start {options.replicas} vLLM replica(s) with derived flags and the gateway (about a minute)"):
+            fleet.start(options.startup_timeout_s, home / "logs")
+            console.print(f"gateway at {fleet.url}, serving {fleet.base_name} and alias {ALIAS!r}", highlight=False)
+        result = _measure(fleet, [p.ref for p in pushed], out, options, log, console)
+        if options.keep_serving:
+            console.rule("the fleet stays up")
+            console.print(traffic.usage_snippet(fleet.url, ALIAS, EXAMPLE_TICKET), highlight=False, markup=False)
+            console.print("Ctrl-C stops the gateway and its replicas.")
+            fleet.wait()
+    finally:
+        with log.step("stop", "stop the gateway and every vLLM replica"):
+            fleet.stop()
+    console.print(log.table())
+    return result
 
 
-def compare_answers(data: Path, base_path: Path, promoted: TrainedVersion, console: Console) -> None:
-    """Greedy answers to the first eval question from the base model and from the promoted adapter."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
+def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptions, log: StepLog, console: Console) -> DemoResult:
+    """Canary traffic → promote → eval → ab-report, against the running fleet."""
     from lorafleet.registry import service
 
-    tokenizer = load_tokenizer(base_path)
-    question = _first_eval_prompt(data)
-    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    stored = Path(service.show(promoted.ref).content_path)
-    with torch.no_grad():
-        base_answer = _generate(model, tokenizer, prompt)
-        adapted = PeftModel.from_pretrained(model, stored)
-        adapter_answer = _generate(adapted, tokenizer, prompt)
-    console.print(f"[bold]question[/]: {question[-1]['content']}", highlight=False)
-    console.print(f"[bold]base model[/]: {base_answer}", highlight=False)
-    console.print(f"[bold]{promoted.ref}[/] (from the registry store): {adapter_answer}", highlight=False)
+    dev = out / "data" / "dev.jsonl"
+    with log.step("canary traffic", f"send held-out tickets to {ALIAS!r} as distinct customers while 90/10 is live"):
+        cap = max(options.canary_requests * 5, 100)
+        seen = traffic.send_canary_traffic(fleet.url, ALIAS, dev, refs, options.canary_requests, cap, console)
+        console.print(f"{sum(seen.values())} requests answered: " + ", ".join(f"{k} {v}" for k, v in sorted(seen.items())), highlight=False)
+    with log.step("promote", f"route all of {ALIAS!r} to {refs[1]} (the gateway picks it up within a second)"):
+        revision = service.promote(ALIAS, refs[1])
+        console.print(f"alias {ALIAS} revision {revision.revision}: " + ", ".join(f"{r.ref}={r.weight}" for r in revision.routes), highlight=False)
+        fleet.wait_for_route(ALIAS, refs[1])
+    with log.step("eval", f"base model with format instructions versus {ALIAS!r}, greedy, on the held-out tickets"):
+        targets = [Target(model=fleet.base_name, system_prompt=FORMAT_INSTRUCTIONS), Target(model=ALIAS)]
+        report = traffic.run_eval(fleet.url, dev, targets, None, console)
+        eval_path = out / "eval" / "eval-report.json"
+        traffic.write_eval_report(eval_path, report)
+        console.print(summary_table(report))
+        console.print(traffic.examples_table(report, 3))
+        console.print(f"full report with confusion tables: {eval_path}", highlight=False)
+    with log.step("ab-report", f"compare {ALIAS!r}'s versions on the canary traffic, from the gateway's request log"):
+        fleet.flush_request_log()
+        stats = traffic.canary_report(fleet.request_log, ALIAS)
+        ab_path = out / "eval" / "ab-report.json"
+        traffic.write_ab_report(ab_path, ALIAS, stats)
+        console.print(traffic.ab_table(ALIAS, stats))
+    return DemoResult(refs, report, eval_path, dict(seen), stats, ab_path, log.steps)
 
 
-def _first_eval_prompt(data: Path) -> list[dict[str, str]]:
-    """The first eval sample's conversation up to its first assistant turn, re-read from the source line."""
-    from lorafleet.data.formats import Record, parse_line, read_lines
-
-    rows = read_split(data, "eval").slice(0, 1).to_pylist() or read_split(data, "train").slice(0, 1).to_pylist()
-    line = rows[0]["source_line"]
-    raw = next(r for r in read_lines(demo_data()) if r.line == line)
-    record = parse_line(raw)
-    assert isinstance(record, Record), f"line {line} was accepted by prepare, so it parses"
-    first_answer = next(i for i, m in enumerate(record.chat) if m["role"] == "assistant")
-    return record.chat[:first_answer]
-
-
-def _generate(model, tokenizer, prompt: dict, max_new_tokens: int = 64) -> str:
-    output = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-
-def print_results(versions: list[TrainedVersion], console: Console) -> None:
-    table = Table(title=f"demo results (alias {ALIAS!r})")
-    for column in ("version", "steps", "train loss", "eval loss", "tokens/s", "artifact"):
-        table.add_column(column)
-    for v in versions:
-        m = v.manifest.metrics
-        eval_loss = f"{m.eval_loss:.3f}" if m.eval_loss is not None else "-"
-        table.add_row(v.ref, str(m.steps), f"{m.train_loss:.3f}", eval_loss, f"{m.tokens_per_s:.0f}", os.path.relpath(v.artifact))
-    console.print(table)
+def version_config(path: Path, options: DemoOptions) -> TrainConfig:
+    """The train config at `path`, with the options' step cap applied."""
+    config = load_train_config(path)
+    return config.model_copy(update={"max_steps": options.max_steps}) if options.max_steps else config

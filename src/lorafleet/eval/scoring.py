@@ -9,13 +9,13 @@ present with an equal value of the same JSON type ("1" is not 1, true is not 1).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from lorafleet.eval.report import INVALID, MISSING, OTHER, CaseResult, CaseScore, Confusion, FieldAccuracy, Latency, ModelReport
+from lorafleet.percentiles import percentile
 
 _FENCE = re.compile(r"^```[\w-]*[ \t]*\n?(.*?)\n?[ \t]*```$", re.DOTALL)
 CATEGORICAL_MAX_LABELS = 20  # a string field with more distinct expected values is free text, not a label
@@ -70,14 +70,6 @@ def score_answer(answer: str | None, expected: dict[str, Any], required: Sequenc
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation between closest ranks; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def categorical_fields(cases: Sequence[CaseResult]) -> list[str]:

@@ -1,30 +1,34 @@
-"""Push checks: each function inspects one aspect of an artifact and returns the problems it found.
+"""Push checks: each function inspects one aspect of a staged artifact and returns the problems it found.
 
 An empty list means the aspect is fine. Problems are sentences that name the file or field and say
-what is wrong; push collects all of them so one attempt shows everything that needs fixing.
+what is wrong; push collects all of them so one attempt shows everything that needs fixing. They
+read only the staged copy (intake.py) and the registry's base model, never the pushed folder.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
-from lorafleet.models import ModelError, read_safetensors_header, tokenizer_fingerprint
-from lorafleet.artifact import MANIFEST_NAME, Manifest, verify_artifact
+from lorafleet.adapter_config import (  # noqa: F401  (servable_* and the constants are this module's interface too)
+    PATTERN_KEY, SERVABLE_TARGET_MODULES, VLLM_MAX_LORA_RANKS, manifest_problems, servable_max_lora_rank, servable_problems,
+)
+from lorafleet.artifact import MANIFEST_NAME, Manifest, sha256_file
+from lorafleet.bounded_json import JsonLimits, JsonRefused, iter_json_lines, load_json
+from lorafleet.fingerprints import MAX_TEMPLATE_BYTES, TOKENIZER_FILES, Fingerprints, tokenizer_digest
+from lorafleet.registry.schema import BaseModelRecord
+from lorafleet.safetensors_header import ANY_DTYPE, LORA_DTYPES, HeaderError, read_header
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
 # Pickle-based weight formats execute code when loaded.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
-# The values vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks). vLLM loads an adapter
-# whose rank is at most the server's --max-lora-rank, so any rank up to the largest value is servable.
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# The decoder's linear projections, which vLLM's LoRA layers wrap for Llama/Qwen/Mistral families.
-SERVABLE_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 _PEFT_PREFIX = "base_model.model."
 _LORA_SUFFIX = re.compile(r"\.lora_(?P<side>[AB])\.weight$")
+
+Documents = dict[str, object]  # relative path → parsed JSON (a .jsonl file: the list of its lines)
 
 
 def name_problems(name: str, what: str = "name") -> list[str]:
@@ -52,90 +56,72 @@ def name_problems(name: str, what: str = "name") -> list[str]:
     return problems
 
 
-def file_problems(folder: Path) -> list[str]:
-    """Symlinks, non-regular files, pickle weights and Python files anywhere in the artifact."""
+def file_problems(paths: Iterable[str]) -> list[str]:
+    """Pickle weights and Python files among the artifact's (relative) file paths."""
     problems: list[str] = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        for entry in sorted(dirs + files):
-            path = Path(root) / entry
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                problems.append(f"{rel}: is a symlink; an artifact holds only regular files (copy the target in)")
-            elif entry in files and not path.is_file():
-                problems.append(f"{rel}: is not a regular file")
-            elif path.suffix.lower() in PICKLE_SUFFIXES:
-                problems.append(f"{rel}: pickle-format file; only safetensors weights are accepted (re-save with safe_serialization=True)")
-            elif path.suffix.lower() == ".py":
-                problems.append(f"{rel}: Python file; an artifact must not carry code (it would run with trust_remote_code)")
+    for rel in sorted(paths):
+        suffix = Path(rel).suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            problems.append(f"{rel}: pickle-format file; only safetensors weights are accepted (re-save with safe_serialization=True)")
+        elif suffix == ".py":
+            problems.append(f"{rel}: Python file; an artifact must not carry code (it would run with trust_remote_code)")
     return problems
 
 
-def auto_map_problems(folder: Path) -> list[str]:
-    """Any `auto_map` key, at any depth, in any JSON file: it points loaders at custom code."""
+# Keys refused at any depth of any JSON file in an artifact.
+REFUSED_KEYS = {"auto_map": "it points loaders at custom code; remove it"}
+
+
+def parse_documents(root: Path, paths: Iterable[str], limits: JsonLimits) -> tuple[Documents, list[str]]:
+    """Parse every .json and .jsonl file within `limits`, refusing REFUSED_KEYS at any depth (checked as each
+    object is decoded, not by a second walk); each failure is a problem naming the file."""
+    documents: Documents = {}
     problems: list[str] = []
-    for path in sorted(folder.rglob("*.json")):
-        if path.is_symlink() or not path.is_file():
-            continue
+    for rel in sorted(paths):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path.relative_to(folder).as_posix()}: not valid JSON ({exc})")
-            continue
-        if _has_key(data, "auto_map"):
-            problems.append(f"{path.relative_to(folder).as_posix()}: has an 'auto_map' entry (custom code); remove it")
-    return problems
+            if rel.endswith(".json"):
+                documents[rel] = load_json(root / rel, rel, limits, follow_symlinks=False, refused_keys=REFUSED_KEYS)
+            elif rel.endswith(".jsonl"):
+                documents[rel] = list(iter_json_lines(root / rel, rel, limits, refused_keys=REFUSED_KEYS))
+        except JsonRefused as exc:
+            problems.append(str(exc))
+    return documents, problems
 
 
-def checksum_problems(folder: Path) -> list[str]:
-    """The manifest's file list and checksums against the files (train.artifact.verify_artifact)."""
-    return verify_artifact(folder)
-
-
-def servable_problems(adapter_config: dict) -> list[str]:
-    """What vLLM would refuse when loading this adapter, said now instead of at request time."""
-    problems: list[str] = []
-    if adapter_config.get("use_dora"):
-        problems.append("adapter_config.json: use_dora is true; vLLM cannot serve DoRA adapters (retrain without DoRA)")
-    r = adapter_config.get("r")
-    if not isinstance(r, int) or not 1 <= r <= max(VLLM_MAX_LORA_RANKS):
-        problems.append(
-            f"adapter_config.json: rank r={r!r} cannot be served; vLLM serves ranks 1..{max(VLLM_MAX_LORA_RANKS)} "
-            f"(--max-lora-rank choices {list(VLLM_MAX_LORA_RANKS)})"
-        )
-    targets = adapter_config.get("target_modules")
-    if not isinstance(targets, list) or not targets:
-        problems.append(f"adapter_config.json: target_modules must be a list of module names, not {targets!r}")
-    else:
-        unservable = sorted(set(targets) - SERVABLE_TARGET_MODULES)
-        if unservable:
-            problems.append(
-                f"adapter_config.json: target modules {unservable} cannot be served; use the decoder's linear "
-                f"projections {sorted(SERVABLE_TARGET_MODULES)}"
-            )
-    if adapter_config.get("modules_to_save"):
-        problems.append(
-            f"adapter_config.json: modules_to_save={adapter_config['modules_to_save']} adds full weights that vLLM refuses"
-        )
-    if adapter_config.get("bias", "none") != "none":
-        problems.append(f"adapter_config.json: bias={adapter_config['bias']!r}; vLLM serves adapters with bias 'none' only")
-    return problems
-
-
-def servable_max_lora_rank(rank: int) -> int:
-    """The smallest `--max-lora-rank` value vLLM accepts that can hold an adapter of `rank`."""
-    return next(choice for choice in VLLM_MAX_LORA_RANKS if choice >= rank)
+def adapter_problems(root: Path, documents: Documents, manifest: Manifest, base_path: Path) -> list[str]:
+    """adapter_config.json against the manifest and vLLM, the adapter's safetensors header, and its tensors against the base."""
+    config = documents.get("adapter_config.json")
+    if not isinstance(config, dict) or not (root / "adapter_model.safetensors").is_file():
+        # A missing or unparsable file is already reported (checksums, parse_documents); a non-object here:
+        return [] if config is None or isinstance(config, dict) else manifest_problems(config, manifest.lora)
+    problems = manifest_problems(config, manifest.lora) + servable_problems(config)
+    try:
+        adapter = read_header(root / "adapter_model.safetensors", LORA_DTYPES)
+    except HeaderError as exc:
+        return problems + [f"corrupt safetensors header: {exc}"]
+    base_header: dict[str, tuple[str, list[int]]] = {}
+    try:
+        for weights in sorted(Path(base_path).glob("*.safetensors")):
+            base_header.update((n, (t.dtype, list(t.shape))) for n, t in read_header(weights, ANY_DTYPE).tensors.items())
+    except HeaderError as exc:
+        return problems + [f"the registry's base model: {exc}"]
+    adapter_header = {n: (t.dtype, list(t.shape)) for n, t in adapter.tensors.items()}
+    return problems + tensor_problems(config, adapter_header, base_header)
 
 
 def tensor_problems(adapter_config: dict, adapter_header: dict, base_header: dict) -> list[str]:
     """The adapter's tensors against adapter_config.json and the base model's weights.
 
-    Every tensor must be `<module>.lora_A.weight` with shape (r, in_features) or `.lora_B.weight`
-    with shape (out_features, r), where the module exists in the base with weight (out, in), its last
-    name is a target module, and every target module appears. Headers map name → (dtype, shape).
+    Every tensor must be `<module>.lora_A.weight` with shape (rank, in_features) or `.lora_B.weight`
+    with shape (out_features, rank), where the module exists in the base with weight (out, in), its
+    last name is a target module, and every target module appears. The rank is `r`, or the
+    `rank_pattern` entry that matches the module (PEFT's rule: a key matches a suffix of the module
+    name that starts at a dot; the first match wins). Headers map name → (dtype, shape).
     """
     problems: list[str] = []
-    r = adapter_config.get("r")
-    targets = set(adapter_config.get("target_modules") or [])
+    listed = adapter_config.get("target_modules")
+    # Anything but a list of names is servable_problems' refusal; here it just targets nothing.
+    targets = set(listed) if isinstance(listed, list) and all(isinstance(t, str) for t in listed) else set()
     seen_targets: set[str] = set()
     for key, (_dtype, shape) in sorted(adapter_header.items()):
         match = _LORA_SUFFIX.search(key)
@@ -155,63 +141,113 @@ def tensor_problems(adapter_config: dict, adapter_header: dict, base_header: dic
         if len(shape) != 2 or len(base_shape) != 2:
             problems.append(f"adapter_model.safetensors: {key} has shape {shape}; LoRA tensors are matrices")
             continue
+        r, source = _module_rank(adapter_config, module)
         out_features, in_features = base_shape
         expected = [r, in_features] if match["side"] == "A" else [out_features, r]
         if shape != expected:
             problems.append(
                 f"adapter_model.safetensors: {key} has shape {shape}, expected {expected} "
-                f"(rank r={r} from adapter_config.json, base weight {base_shape})"
+                f"(rank {r} from adapter_config.json's {source}, base weight {base_shape})"
             )
     for missing in sorted(targets - seen_targets):
         problems.append(f"adapter_model.safetensors: no tensors for target module {missing} named in adapter_config.json")
     return problems
 
 
-def fingerprint_problems(folder: Path, manifest: Manifest, model_fp: str, tokenizer_fp: str) -> list[str]:
-    """The manifest's fingerprints against the registry's base, and the carried tokenizer against both."""
+class RegistryBase(NamedTuple):
+    """The registry's pinned base: its record, its folder on this machine, and its current fingerprints."""
+
+    record: BaseModelRecord
+    path: Path
+    fingerprints: Fingerprints
+
+
+def fingerprint_problems(root: Path, documents: Documents, checksums: dict[str, str], manifest: Manifest, base: RegistryBase) -> list[str]:
+    """The manifest's fingerprints against the registry's base, and the carried tokenizer against the base's.
+
+    A format-1 manifest (base fingerprint of scheme 1, without weight values) is refused with the
+    way forward. The carried tokenizer is fingerprinted from the staged copy (`checksums` are its
+    files' sha256), never from a cache; when its files are byte for byte the base's, the digest is
+    the base's by construction and is not recomputed.
+    """
+    name, fingerprints = base.record.name, base.fingerprints
     problems: list[str] = []
-    if manifest.base_fingerprint != model_fp:
+    if manifest.format_version < 2:
+        problems.append(_legacy_problem(manifest, name, fingerprints))
+    elif manifest.base_fingerprint != fingerprints.model:
         problems.append(
-            f"{MANIFEST_NAME}: base_fingerprint {manifest.base_fingerprint[:12]}… is not this registry's base model "
-            f"({model_fp[:12]}…); train on the registry's base or use another registry"
+            f"{MANIFEST_NAME}: base_fingerprint {manifest.base_fingerprint} is not this registry's base model {name} "
+            f"(fingerprint {fingerprints.model}): the adapter was trained on other weights (the fingerprint covers weight "
+            "values); train it on the registry's base, or push it to a registry of its own base"
         )
-    if manifest.tokenizer_fingerprint != tokenizer_fp:
+    if manifest.tokenizer_fingerprint != fingerprints.tokenizer:
         problems.append(
             f"{MANIFEST_NAME}: tokenizer_fingerprint {manifest.tokenizer_fingerprint[:12]}… is not the base model's "
-            f"tokenizer ({tokenizer_fp[:12]}…); prepare the data with the base model's tokenizer"
+            f"tokenizer ({fingerprints.tokenizer[:12]}…); prepare the data with the base model's tokenizer"
         )
+    if _same_tokenizer_files(checksums, base.path):
+        return problems
     try:
-        carried = tokenizer_fingerprint(folder)
-    except (ModelError, OSError, ValueError) as exc:
+        carried = _carried_tokenizer(root, documents)
+    except ValueError as exc:
         return problems + [f"tokenizer files: cannot be read ({exc})"]
-    if carried != tokenizer_fp:
-        problems.append(f"tokenizer files: the tokenizer in the artifact ({carried[:12]}…) is not the base model's ({tokenizer_fp[:12]}…)")
+    if carried is None:
+        problems.append("tokenizer files: the artifact carries no tokenizer.json (train copies the base's tokenizer in)")
+    elif carried != fingerprints.tokenizer:
+        problems.append(f"tokenizer files: the tokenizer in the artifact ({carried[:12]}…) is not the base model's ({fingerprints.tokenizer[:12]}…)")
     return problems
 
 
-def weights_problems(folder: Path, base_path: Path) -> list[str]:
-    """Parse adapter_config.json and both safetensors headers, then run servable_problems and tensor_problems."""
-    config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    if not config_path.is_file() or config_path.is_symlink() or not weights_path.is_file() or weights_path.is_symlink():
-        return []  # reported by checksum_problems / file_problems
-    try:
-        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return []  # reported by auto_map_problems
-    problems = servable_problems(adapter_config)
-    try:
-        adapter_header = read_safetensors_header(weights_path)
-    except ValueError as exc:
-        return problems + [f"adapter_model.safetensors: corrupt safetensors header ({exc})"]
-    base_header: dict = {}
-    for weights in sorted(Path(base_path).glob("*.safetensors")):
-        base_header.update(read_safetensors_header(weights))
-    return problems + tensor_problems(adapter_config, adapter_header, base_header)
+def _same_tokenizer_files(checksums: dict[str, str], base_path: Path) -> bool:
+    """True when the tokenizer fingerprint's input files are present in both or neither, with equal bytes."""
+    if "tokenizer.json" not in checksums:
+        return False
+    for name in TOKENIZER_FILES:
+        base_file = base_path / name
+        if (name in checksums) != base_file.is_file() or (name in checksums and sha256_file(base_file) != checksums[name]):
+            return False
+    return True
 
 
-def _has_key(data: object, key: str) -> bool:
-    if isinstance(data, dict):
-        return key in data or any(_has_key(v, key) for v in data.values())
-    if isinstance(data, list):
-        return any(_has_key(v, key) for v in data)
-    return False
+def _legacy_problem(manifest: Manifest, base_name: str, base: Fingerprints) -> str:
+    if manifest.base_fingerprint == base.legacy_model:
+        return (
+            f"{MANIFEST_NAME}: format_version 1: its base_fingerprint {manifest.base_fingerprint[:12]}… was computed by an "
+            "earlier lorafleet that covered the base's config, tensor shapes and tokenizer but not its weight values, so "
+            f"it cannot show the adapter was trained on {base_name} rather than another model of the same architecture. "
+            "Re-train it on the base, or, if you know it was trained on this base, run `lorafleet adapters restamp "
+            "ARTIFACT` (it re-checks the artifact and records the current fingerprint) and push again"
+        )
+    return (
+        f"{MANIFEST_NAME}: format_version 1: its base_fingerprint {manifest.base_fingerprint} does not match this "
+        f"registry's base model {base_name} even under the earlier fingerprint scheme ({base.legacy_model}): it was "
+        "trained on another model; train it on the registry's base"
+    )
+
+
+def _carried_tokenizer(root: Path, documents: Documents) -> str | None:
+    """The artifact's tokenizer fingerprint, None when it has no tokenizer.json; ValueError when unreadable."""
+    if "tokenizer.json" not in documents:
+        if (root / "tokenizer.json").is_file():
+            raise ValueError("tokenizer.json did not parse")
+        return None
+    template = None
+    template_file = root / "chat_template.jinja"
+    if template_file.is_file():
+        data = template_file.read_bytes()
+        if len(data) > MAX_TEMPLATE_BYTES:
+            raise ValueError(f"chat_template.jinja is larger than {MAX_TEMPLATE_BYTES:,} bytes")
+        try:
+            template = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"chat_template.jinja is not UTF-8 ({exc.reason})") from None
+    return tokenizer_digest(documents["tokenizer.json"], documents.get("tokenizer_config.json") or {}, template)
+
+
+def _module_rank(adapter_config: dict, module: str) -> tuple[object, str]:
+    pattern = adapter_config.get("rank_pattern")
+    for key, rank in (pattern.items() if isinstance(pattern, dict) else ()):
+        # Only module-name keys get here (servable_problems refuses others), so this regex cannot backtrack badly.
+        if PATTERN_KEY.fullmatch(key) and re.match(rf"(.*\.)?({key})$", module):
+            return rank, f"rank_pattern[{key!r}]"
+    return adapter_config.get("r"), "r"

@@ -12,105 +12,21 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TypeVar
 
-from sqlalchemy import (
-    Column, Connection, DateTime, Engine, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
-    create_engine, event, func, insert, select, text, update,
-)
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from lorafleet.paths import home_dir
 from lorafleet.registry.aliases import Action, AliasRevision, Route
+from lorafleet.registry.schema import (  # the rows and the schema version are part of db's interface
+    MIGRATIONS, SCHEMA_VERSION, AdapterVersion, BaseModelRecord, adapter_names, adapter_versions, alias_revisions,
+    alias_routes, base_model, schema_version,
+)
 
 T = TypeVar("T")
-metadata = MetaData()
-
-schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
-base_model = Table(
-    "base_model", metadata,
-    Column("id", Integer, primary_key=True),  # always 1: one registry serves one base model
-    Column("name", Text, nullable=False),
-    Column("path", Text, nullable=False),
-    Column("model_fingerprint", String(64), nullable=False),
-    Column("tokenizer_fingerprint", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-# The highest version ever given to a name, so a removed NAME@vN is never reissued to other content.
-adapter_names = Table(
-    "adapter_names", metadata,
-    Column("name", String(63), primary_key=True),
-    Column("last_version", Integer, nullable=False),
-)
-adapter_versions = Table(
-    "adapter_versions", metadata,
-    Column("name", String(63), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("content_sha256", String(64), nullable=False),
-    Column("manifest", Text, nullable=False),  # lorafleet.json as pushed
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("pushed_by", Text),
-    PrimaryKeyConstraint("name", "version"),
-    Index("ix_adapter_versions_content", "content_sha256"),
-)
-alias_revisions = Table(
-    "alias_revisions", metadata,
-    Column("alias", String(63), nullable=False),
-    Column("revision", Integer, nullable=False),
-    Column("action", String(16), nullable=False),
-    Column("fallback_prompt", Text),
-    Column("previous_revision", Integer),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("alias", "revision"),
-)
-alias_routes = Table(
-    "alias_routes", metadata,
-    Column("alias", String(63), nullable=False),
-    Column("revision", Integer, nullable=False),
-    Column("name", String(63), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("weight", Integer, nullable=False),
-    PrimaryKeyConstraint("alias", "revision", "name", "version"),
-    Index("ix_alias_routes_target", "name", "version"),
-)
-
-# Migration N brings the schema from version N-1 to N; append new ones, never edit old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [
-    lambda conn: metadata.create_all(
-        conn, tables=[base_model, adapter_names, adapter_versions, alias_revisions, alias_routes]
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class BaseModelRecord:
-    """The base model this registry serves."""
-
-    name: str
-    path: str
-    model_fingerprint: str
-    tokenizer_fingerprint: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AdapterVersion:
-    """One immutable pushed version: `name@vN` → content in the store plus its manifest."""
-
-    name: str
-    version: int
-    content_sha256: str
-    manifest: str
-    created_at: datetime
-    pushed_by: str | None
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@v{self.version}"
 
 
 def registry_url() -> str:
@@ -209,6 +125,11 @@ def get_base(conn: Connection) -> BaseModelRecord | None:
 def insert_base(conn: Connection, record: BaseModelRecord) -> None:
     """Pin the base model; a concurrent pin makes this raise IntegrityError (run_transaction retries)."""
     conn.execute(insert(base_model).values(id=1, **record.__dict__))
+
+
+def update_base_fingerprint(conn: Connection, model_fingerprint: str) -> None:
+    """Replace the pinned model fingerprint (the one-time move from fingerprint scheme 1 to 2)."""
+    conn.execute(update(base_model).where(base_model.c.id == 1).values(model_fingerprint=model_fingerprint))
 
 
 # ---- versions ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
+from lorafleet.bounded_json import MAX_JSON_BYTES, JsonRefused, parse_json, read_capped
 from lorafleet.registry import aliases, checks, db, store
 from lorafleet.registry.aliases import AliasRevision, Route
 from lorafleet.registry.errors import InUse, InvalidName, NotFound
@@ -184,10 +185,23 @@ def _summary(v: db.AdapterVersion, pointers: dict[tuple[str, int], list[str]]) -
 
 
 def _metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's lines, parsed with limits; a line that does not parse becomes {"unreadable": why}."""
     log = path / "metrics.jsonl"
     if not log.is_file():
         return []
-    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        data = read_capped(log, MAX_JSON_BYTES, "metrics.jsonl")
+    except JsonRefused as exc:
+        return [{"unreadable": str(exc)}]
+    lines: list[dict] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if line.strip():
+            try:
+                value = parse_json(line, f"metrics.jsonl line {number}")
+                lines.append(value if isinstance(value, dict) else {"value": value})
+            except JsonRefused as exc:
+                lines.append({"unreadable": str(exc)})
+    return lines
 
 
 def _missing(ref: str) -> str:

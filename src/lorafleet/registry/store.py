@@ -1,11 +1,12 @@
 """Content-addressed artifact store: `LORAFLEET_HOME/store/<sha256>/`, written once, read by everyone.
 
 The address is the sha256 over the artifact's file list with each file's sha256, the manifest
-included, so identical artifacts share one folder. A push copies into `store/.staging/` and renames
-the complete folder into place (atomic), then commits its database row. Content without a row (a
+included, so identical artifacts share one folder. A push stages the artifact in
+`store/.staging/` (intake.py), checks that copy, and renames it into place (atomic), sealed
+read-only (files 0444, folders 0555), then commits its database row. Content without a row (a
 push that died between the two) is an orphan: the next push of the same content reuses it, `gc`
-removes it. Pushes hold a shared lock on the store while copying and committing; `gc` holds it
-exclusively, so it never deletes content a running push is about to reference.
+removes it. Pushes hold a shared lock on the store from staging to commit; `gc` holds it
+exclusively, so it never deletes content or a staging folder that a running push is using.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafleet.paths import home_dir
-from lorafleet.registry.errors import ArtifactRejected
-from lorafleet.artifact import MANIFEST_NAME, Manifest, sha256_file
+from lorafleet.registry.intake import remove_tree
 
 STAGING = ".staging"
 
@@ -42,14 +41,13 @@ def store_dir() -> Path:
     return home_dir() / "store"
 
 
-def content_digest(folder: Path, manifest: Manifest) -> str:
-    """sha256 over the sorted (path, sha256) pairs of every file, `lorafleet.json` included.
+def staging_dir() -> Path:
+    return store_dir() / STAGING
 
-    Call after the checksum check: it trusts `manifest.files` for everything but the manifest itself.
-    """
-    entries = dict(manifest.files)
-    entries[MANIFEST_NAME] = sha256_file(Path(folder) / MANIFEST_NAME)
-    canonical = json.dumps(sorted(entries.items()), separators=(",", ":"))
+
+def content_digest(checksums: dict[str, str]) -> str:
+    """sha256 over the sorted (path, sha256) pairs of every file, `lorafleet.json` included."""
+    canonical = json.dumps(sorted(checksums.items()), separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -70,44 +68,53 @@ def store_lock(exclusive: bool) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def put(folder: Path, manifest: Manifest, digest: str) -> tuple[Path, bool]:
-    """Make `store/<digest>/` hold the artifact's files; returns (path, True when it was already there).
+def commit(staged: Path, checksums: dict[str, str], digest: str) -> tuple[Path, bool]:
+    """Make `store/<digest>/` hold the checked, staged folder; returns (path, True when identical content was there).
 
-    Copies exactly the files the manifest lists plus the manifest into a staging folder, re-checks
-    their checksums there (the source may change under us), then renames into place. An existing
-    folder is reused only if it verifies; a damaged one is replaced.
+    `staged` must hold exactly the files in `checksums` (path → sha256), read-only; it is renamed
+    into place, never copied. An existing folder is reused only if it still holds exactly those
+    bytes as regular files; a damaged one is replaced.
     """
     dest = content_path(digest)
-    if dest.is_dir() and not _damaged(dest, manifest, digest):
+    if dest.is_dir() and _holds_exactly(dest, checksums):
         return dest, True
-    staging = store_dir() / STAGING / f"{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    if dest.exists() or dest.is_symlink():  # damaged content from before: move it aside, then replace
+        trash = staging_dir() / f"damaged.{uuid.uuid4().hex[:8]}"
+        if dest.is_dir() and not dest.is_symlink():
+            os.chmod(dest, 0o700)  # moving a folder to another parent rewrites its '..' entry
+        os.rename(dest, trash)
+        remove_tree(trash)
     try:
-        for rel in [*manifest.files, MANIFEST_NAME]:
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder) / rel, target, follow_symlinks=False)
-        if _damaged(staging, manifest, digest):
-            raise ArtifactRejected(str(folder), ["its files changed while they were being copied; push it again"])
-        if dest.is_dir():  # damaged copy from before: move it aside, then replace
-            trash = store_dir() / STAGING / f"damaged.{uuid.uuid4().hex[:8]}"
-            os.rename(dest, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(staging, dest)  # atomic: the folder appears complete or not at all
-        except OSError:
-            if not dest.is_dir():  # lost a race to an identical push: theirs is as good as ours
-                raise
-        return dest, False
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.rename(staged, dest)  # atomic: the folder appears complete or not at all
+    except OSError:
+        if dest.is_dir() and _holds_exactly(dest, checksums):  # lost a race to an identical push
+            return dest, True
+        raise
+    for folder, _dirs, _files in os.walk(dest, topdown=False):
+        os.chmod(folder, 0o555)
+    return dest, False
 
 
-def _damaged(folder: Path, manifest: Manifest, digest: str) -> bool:
-    if not (folder / MANIFEST_NAME).is_file():
-        return True
-    actual = {rel: sha256_file(folder / rel) for rel in manifest.files if (folder / rel).is_file()}
-    return actual != manifest.files or content_digest(folder, manifest) != digest
+def _holds_exactly(folder: Path, checksums: dict[str, str]) -> bool:
+    """True when `folder` holds regular files with exactly these paths and sha256s, and nothing else."""
+    found: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                return False
+        for name in files:
+            path = Path(root) / name
+            found[path.relative_to(folder).as_posix()] = _sha256_no_follow(path)
+    return found == checksums
+
+
+def _sha256_no_follow(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def gc(referenced: set[str], staging_grace_s: float = 0.0) -> GcReport:
@@ -127,12 +134,12 @@ def gc(referenced: set[str], staging_grace_s: float = 0.0) -> GcReport:
         if entry.name in referenced:
             kept += 1
         else:
-            shutil.rmtree(entry)
+            remove_tree(entry)
             removed.append(entry.name)
     staging = root / STAGING
     if staging.is_dir():
         for entry in staging.iterdir():
-            if time.time() - entry.stat().st_mtime >= staging_grace_s:
-                shutil.rmtree(entry, ignore_errors=True)
+            if time.time() - entry.lstat().st_mtime >= staging_grace_s:
+                remove_tree(entry)
                 staging_removed += 1
     return GcReport(removed, staging_removed, kept)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +31,12 @@ class Sample:
 
 
 def load_samples(folder: Path, split: str) -> list[Sample]:
-    """All rows of one split, in file order."""
-    table = read_split(folder, split)
+    """All rows of one split, in file order (a run opens its dataset once: ``data.open_prepared``)."""
+    return samples_from_table(read_split(folder, split))
+
+
+def samples_from_table(table: pa.Table) -> list[Sample]:
+    """The rows of a split's table, in order."""
     return [Sample(ids, labels) for ids, labels in zip(table.column("input_ids").to_pylist(), table.column("labels").to_pylist())]
 
 

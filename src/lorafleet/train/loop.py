@@ -24,35 +24,77 @@ from lorafleet.train.batching import (
     Sample, collate_causal, collate_packed, collate_padded, epoch_batches, eval_batches, rank_shard, split_step,
 )
 from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
+from lorafleet.train.data import TrainData
 from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
-from lorafleet.train.graphs import PassGraphs
+from lorafleet.train.fast.graphs import PassGraphs
+from lorafleet.train.fast.plan import SpeedupPlan
 from lorafleet.train.progress import RunLogger
+
+
+@dataclass(frozen=True)
+class PassLoss:
+    """The summed next-token loss of one forward pass, its backward graph attached (a pass = up to
+    ``plan.micro_batch`` rows). The fused path takes it from hidden states, never building the logits."""
+
+    model: torch.nn.Module  # the PEFT model (unwrapped)
+    forward_model: torch.nn.Module  # what forward/backward go through: DDP(model) or the model itself
+    autocast_dtype: torch.dtype | None
+    fused: bool
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        device = batch["labels"].device
+        if self.fused:
+            from lorafleet.train.fast import hidden_state_loss_sum
+
+            with self.autocast(device):
+                return hidden_state_loss_sum(self.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
+        with self.autocast(device):
+            logits = self.forward_model(**inputs, use_cache=False).logits
+        return causal_lm_loss_sum(logits, batch["labels"])
+
+
+def total_steps(config: TrainConfig, lengths: list[int], world_size: int) -> int:
+    """Optimizer steps of a run: max_steps, or epochs × global batches per epoch."""
+    per_epoch = epoch_batches(lengths, config.batch_size * config.grad_accum, world_size, config.seed, 0,
+                              config.length_group_window)
+    return config.max_steps or config.epochs * len(per_epoch)
 
 
 @dataclass
 class Run:
-    """Everything the loop touches, built by the trainer's setup step."""
+    """Everything the loop touches, built complete by the trainer's setup step."""
 
     config: TrainConfig
+    plan: SpeedupPlan  # micro-batch, padding and graphs come from here (lorafleet.train.fast)
     model: torch.nn.Module  # the PEFT model (unwrapped)
-    forward_model: torch.nn.Module  # what forward/backward go through: DDP(model) or the model itself
+    loss: PassLoss
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler | None
-    autocast_dtype: torch.dtype | None
     device: torch.device
     dist: DistInfo
-    train: list[Sample]
-    eval: list[Sample]
+    data: TrainData
     pad_token_id: int
     checkpoint_dir: Path
     run_key: dict[str, Any]
     logger: RunLogger
+    graphs: PassGraphs | None = None  # CUDA graphs replay each pass's forward + backward (fast/graphs.py)
     state: TrainState = field(default_factory=TrainState)
     best_adapter: dict[str, torch.Tensor] | None = None
-    micro_batch: int | None = None  # rows per forward pass (None = the whole micro-batch); CUDA speed-ups set it
-    fused_loss: bool = False  # loss from hidden states in chunks (speedups.hidden_state_loss_sum), never the logits
-    graphs: PassGraphs | None = None  # CUDA graphs replay each pass's forward + backward (graphs.py)
+
+    @property
+    def train(self) -> list[Sample]:
+        return self.data.train
+
+    @property
+    def eval(self) -> list[Sample]:
+        return self.data.eval
 
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(s.input_ids) for s in self.train]
@@ -60,12 +102,8 @@ class Run:
         return epoch_batches(lengths, c.batch_size * c.grad_accum, self.dist.world_size, c.seed, epoch, c.length_group_window)
 
     @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches(0))
-
-    @property
     def total_steps(self) -> int:
-        return self.config.max_steps or self.config.epochs * self.steps_per_epoch
+        return total_steps(self.config, [len(s.input_ids) for s in self.train], self.dist.world_size)
 
 
 StepHook = Callable[[TrainState], None]
@@ -82,44 +120,20 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 def _passes(run: Run, samples: list[list[Sample]]) -> list[list[Sample]]:
-    """The forward passes of one step: each micro-batch cut into pieces of at most `run.micro_batch` rows.
+    """The forward passes of one step: each micro-batch cut into pieces of at most `plan.micro_batch` rows.
     Exact: the loss is a sum over tokens divided by the step's global token count either way."""
-    size = run.micro_batch
-    if not size:
-        return samples
+    size = run.plan.micro_batch
     return [mb[i : i + size] for mb in samples for i in range(0, len(mb), size)]
-
-
-def token_loss_sum(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token loss of one forward pass (its backward graph included)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if run.fused_loss:
-        from lorafleet.train.speedups import hidden_state_loss_sum
-
-        with _autocast(run):
-            return hidden_state_loss_sum(run.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
-    with _autocast(run):
-        logits = run.forward_model(**inputs, use_cache=False).logits
-    return causal_lm_loss_sum(logits, batch["labels"])
-
-
-GRAPH_LENGTH_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
 
 
 def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
     if run.config.packing:
         batch = collate_packed(samples)
-    elif run.graphs is not None:
-        batch = collate_causal(samples, run.pad_token_id, GRAPH_LENGTH_MULTIPLE)
+    elif run.plan.pad_multiple:
+        batch = collate_causal(samples, run.pad_token_id, run.plan.pad_multiple)
     else:
         batch = collate_padded(samples, run.pad_token_id)
     return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-
-
-def _autocast(run: Run):
-    if run.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=run.autocast_dtype)
 
 
 def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, float]:
@@ -131,16 +145,16 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
     )
     trained_tokens, input_tokens = all_reduce_sum(counts, run.dist).tolist()
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # read back once, after the last pass
-    run.forward_model.train()
+    run.loss.forward_model.train()
     for i, mb in enumerate(samples):
         batch = _collate(run, mb)
         if run.graphs is not None:  # one process, no scaler (trainer.setup): forward + backward in one replay
             loss_sum += run.graphs.run(batch, run.dist.world_size / max(trained_tokens, 1)).double()
             continue
         last = i == len(samples) - 1
-        sync = contextlib.nullcontext() if last or not run.dist.enabled else run.forward_model.no_sync()
+        sync = contextlib.nullcontext() if last or not run.dist.enabled else run.loss.forward_model.no_sync()
         with sync:
-            token_loss = token_loss_sum(run, batch)
+            token_loss = run.loss(batch)
             loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
             (run.scaler.scale(loss) if run.scaler else loss).backward()
         loss_sum += token_loss.detach().double()
@@ -171,7 +185,7 @@ def evaluate(run: Run) -> float | None:
         samples = [run.eval[i] for i in idx]
         batch = collate_padded(samples, run.pad_token_id)
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        with _autocast(run):
+        with run.loss.autocast(run.device):
             logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         totals[0] += causal_lm_loss_sum(logits, batch["labels"]).double().cpu()
         totals[1] += sum(s.trained_tokens for s in samples)

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from lorafleet.atomic import replace_dir
 from lorafleet.artifact import DatasetSpec, LoraSpec, Manifest, TrainMetrics, file_checksums, write_manifest
+from lorafleet.atomic import replace_dir
+from lorafleet.config import TrainConfig
+from lorafleet.train.checkpoint import TrainState
+from lorafleet.train.data import TrainData
+from lorafleet.train.fast.plan import SpeedupPlan
+from lorafleet.train.preflight import ModelInfo
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -73,10 +78,10 @@ def prepare_staging(paths: RunPaths, resume: bool) -> None:
     shutil.rmtree(paths.assembled, ignore_errors=True)  # a half-assembled artifact from a crash
 
 
-def write_artifact(paths: RunPaths, peft_model, tokenizer, manifest_fields: dict) -> Manifest:
+def write_artifact(paths: RunPaths, peft_model, tokenizer, manifest: Manifest) -> Manifest:
     """Assemble adapter files, tokenizer, metrics and `lorafleet.json` in staging, then rename into place.
 
-    `manifest_fields` holds every Manifest field except `files`, which is computed here.
+    `manifest` holds every field but `files`, which is computed here; returns the manifest written.
     """
     folder = paths.assembled
     folder.mkdir(parents=True)
@@ -88,7 +93,7 @@ def write_artifact(paths: RunPaths, peft_model, tokenizer, manifest_fields: dict
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
         raise RuntimeError(f"PEFT did not write {missing}; refusing to publish an incomplete artifact")
-    manifest = Manifest(files=file_checksums(folder), **manifest_fields)
+    manifest = manifest.model_copy(update={"files": file_checksums(folder)})
     write_manifest(folder, manifest)
     replace_dir(folder, paths.out)
     shutil.rmtree(paths.staging, ignore_errors=True)
@@ -106,32 +111,36 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def manifest_fields(config, base_name, base_fp, tokenizer_fp, report, dataset_sha, target_modules, state) -> dict:
-    """Every Manifest field but `files`, from the run's inputs and final state."""
+def build_manifest(*, config: TrainConfig, base_model: str, model_info: ModelInfo, data: TrainData,
+                   target_modules: list[str], state: TrainState, plan: SpeedupPlan) -> Manifest:
+    """The manifest of a finished run, every field but `files` (`write_artifact` fills it)."""
     from lorafleet import __version__
 
-    return {
-        "base_model": base_name,
-        "base_fingerprint": base_fp,
-        "tokenizer_fingerprint": tokenizer_fp,
-        "max_seq_length": report.max_seq_length,
-        "lora": LoraSpec(
+    report = data.report
+    return Manifest(
+        base_model=base_model,
+        base_fingerprint=model_info.model_fingerprint,
+        tokenizer_fingerprint=model_info.tokenizer_fingerprint,
+        max_seq_length=report.max_seq_length,
+        lora=LoraSpec(
             r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, target_modules=sorted(target_modules),
             use_rslora=config.rslora, use_dora=config.dora, quantization=config.quantization,
         ),
-        "dataset": DatasetSpec(
-            sha256=dataset_sha, train_samples=report.train, eval_samples=report.eval,
+        dataset=DatasetSpec(
+            sha256=data.sha256, train_samples=report.train, eval_samples=report.eval,
             report={
                 "lines": report.lines, "accepted": report.accepted, "rejected": report.rejected,
                 "duplicates": report.duplicates, "truncated": report.truncated, "tokens": report.tokens.model_dump(),
             },
         ),
-        "metrics": TrainMetrics(
+        metrics=TrainMetrics(
             train_loss=state.train_loss,
             eval_loss=state.best_eval_loss if config.keep_best and state.best_eval_loss is not None else state.eval_loss,
             steps=state.step, tokens_seen=state.tokens_seen, wall_time_s=round(state.wall_time_s, 3),
             tokens_per_s=round(state.tokens_seen / state.wall_time_s, 2) if state.wall_time_s else 0.0,
         ),
-        "lorafleet_version": __version__,
-        "library_versions": library_versions(),
-    }
+        files={},
+        lorafleet_version=__version__,
+        library_versions=library_versions(),
+        speedup_plan=plan.summary(),
+    )

@@ -1,0 +1,98 @@
+"""Registry schema: the tables, their migrations, and the typed rows the registry hands out.
+
+Migration N brings the schema from version N-1 to N; append new ones, never edit old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    Column, Connection, DateTime, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
+)
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+base_model = Table(
+    "base_model", metadata,
+    Column("id", Integer, primary_key=True),  # always 1: one registry serves one base model
+    Column("name", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("model_fingerprint", String(64), nullable=False),
+    Column("tokenizer_fingerprint", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+# The highest version ever given to a name, so a removed NAME@vN is never reissued to other content.
+adapter_names = Table(
+    "adapter_names", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("last_version", Integer, nullable=False),
+)
+adapter_versions = Table(
+    "adapter_versions", metadata,
+    Column("name", String(63), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("manifest", Text, nullable=False),  # lorafleet.json as pushed
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("pushed_by", Text),
+    PrimaryKeyConstraint("name", "version"),
+    Index("ix_adapter_versions_content", "content_sha256"),
+)
+alias_revisions = Table(
+    "alias_revisions", metadata,
+    Column("alias", String(63), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("fallback_prompt", Text),
+    Column("previous_revision", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("alias", "revision"),
+)
+alias_routes = Table(
+    "alias_routes", metadata,
+    Column("alias", String(63), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("weight", Integer, nullable=False),
+    PrimaryKeyConstraint("alias", "revision", "name", "version"),
+    Index("ix_alias_routes_target", "name", "version"),
+)
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    lambda conn: metadata.create_all(
+        conn, tables=[base_model, adapter_names, adapter_versions, alias_revisions, alias_routes]
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """The base model this registry serves."""
+
+    name: str
+    path: str
+    model_fingerprint: str
+    tokenizer_fingerprint: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One immutable pushed version: `name@vN` → content in the store plus its manifest."""
+
+    name: str
+    version: int
+    content_sha256: str
+    manifest: str
+    created_at: datetime
+    pushed_by: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"

@@ -1,0 +1,155 @@
+"""The FastAPI gateway: the OpenAI routes it means to serve, health, metrics — and nothing else.
+
+The engines' own admin routes (`/v1/load_lora_adapter`, `/adapters`, …) are never forwarded: only
+the routes below exist, and every other path is an OpenAI-shaped 404. Two background tasks run
+beside the requests: the registry poll (alias changes live within `registry_poll_s`) and the
+replica supervisor (health checks; restarts of spawned replicas with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
+
+from lorafleet.registry.fleet import FleetView, read_fleet
+from lorafleet.serve.config import FleetConfig
+from lorafleet.serve.engine import EngineManager
+from lorafleet.serve.engine_metrics import scrape_engines
+from lorafleet.serve.errors import error_body
+from lorafleet.serve.metrics import GatewayMetrics
+from lorafleet.serve.proxy import GatewayState, handle
+from lorafleet.serve.replicas import ReplicaPool
+from lorafleet.serve.requestlog import RequestLog
+from lorafleet.serve.routing import served_models
+
+log = logging.getLogger("lorafleet.serve.gateway")
+FleetReader = Callable[[], FleetView]
+
+
+def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Path,
+               manager: EngineManager | None = None, fleet_reader: FleetReader = read_fleet) -> FastAPI:
+    """The gateway app. With `manager` it starts, supervises and stops those replicas; otherwise it
+    attaches to `config.engines`. `capacity` is how many adapters a replica keeps loaded."""
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # aiohttp rather than httpx: its connection pool costs a fraction per request (measured, BENCHMARKS.md row 3)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=5.0)) as client:
+            pool = ReplicaPool(client, metrics, capacity, config.load_timeout_s, config.fallback_cooldown_s)
+            state = GatewayState(config, pool, metrics, RequestLog(log_path), base_name, FleetView(None, {}, {}))
+            app.state.gateway = state
+            await refresh_fleet(state, fleet_reader)
+            if manager is not None:
+                manager.start_all()  # here, in the event loop's thread, which lives as long as the replicas
+                for process in manager.replicas:
+                    pool.add(process.name, process.url, process.api_key)
+            for engine in config.engines:
+                pool.add(engine.url, engine.url, engine.api_key)
+            tasks = [asyncio.create_task(poll_registry(state, fleet_reader)), asyncio.create_task(supervise(state, manager))]
+            log.info("gateway up: %d replica(s), %d alias(es); request log %s", len(pool.replicas), len(state.fleet.aliases), log_path)
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if manager is not None:
+                    manager.stop_all()
+                state.request_log.close()
+
+    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request.app.state.gateway, request, "chat.completions")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request.app.state.gateway, request, "completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        state: GatewayState = request.app.state.gateway
+        created = int(state.fleet.base.created_at.timestamp()) if state.fleet.base else 0
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "lorafleet"}
+                for name in served_models(state.fleet, state.base_name)]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health/live")
+    async def live() -> JSONResponse:
+        return JSONResponse({"status": "live"})
+
+    @app.get("/health/ready")
+    async def ready(request: Request) -> JSONResponse:
+        state: GatewayState = request.app.state.gateway
+        healthy = state.pool.healthy_names()
+        body = {"replicas_healthy": len(healthy), "replicas": len(state.pool.replicas), "registry": state.fleet_read_ok}
+        ok = bool(healthy) and state.fleet_read_ok
+        return JSONResponse({"status": "ready" if ok else "not ready", **body}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/engines")
+    async def engine_metrics(request: Request) -> Response:
+        return Response(await scrape_engines(request.app.state.gateway.pool), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            body = error_body(f"Unknown route {request.method} {request.url.path}.", "invalid_request_error", code="not_found")
+        else:
+            body = error_body(str(exc.detail), "invalid_request_error")
+        return JSONResponse(body, status_code=exc.status_code)
+
+    return app
+
+
+async def refresh_fleet(state: GatewayState, reader: FleetReader) -> None:
+    """Swap in a fresh registry view; on failure keep the last good one (and count the failure)."""
+    try:
+        state.fleet = await asyncio.to_thread(reader)
+        state.fleet_read_ok = True
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        state.metrics.registry_read_failures.inc()
+        log.warning("reading the registry failed (%s); routing stays as last read", exc)
+
+
+async def poll_registry(state: GatewayState, reader: FleetReader) -> None:
+    while True:
+        await asyncio.sleep(state.config.registry_poll_s)
+        await refresh_fleet(state, reader)
+        state.request_log.flush()
+
+
+async def supervise(state: GatewayState, manager: EngineManager | None) -> None:
+    """Health-check every replica; restart crashed spawned ones (backoff) and those that never came up."""
+    pool = state.pool
+    while True:
+        if manager is not None:
+            for process in manager.poll(time.monotonic(), state.config.startup_timeout_s):
+                pool.set_endpoint(process.name, process.url, process.api_key)
+            for process in manager.replicas:
+                if not process.running:
+                    pool.mark_down(pool.replicas[process.name], "process exited")
+        replicas = list(pool.replicas.values())
+        results = await asyncio.gather(*(pool.check(r) for r in replicas))
+        if manager is not None:
+            for replica, up in zip(replicas, results):
+                if up:
+                    manager.mark_healthy(replica.name)
+        await asyncio.sleep(state.config.health_interval_s)

@@ -1,0 +1,61 @@
+"""The CUDA speed-ups of `lorafleet train`, behind one entrance: read the facts, plan once, apply the plan.
+
+    fast = enable_speedups(model, config, precision, world_size, row_tokens)   # facts → plan → patches
+    fast.plan         # SpeedupPlan: every decision and why (plan.py); the log line and the manifest print it
+    fast.patches      # what was changed in the model; fast.patches.remove() undoes it
+
+What each part is:
+
+* ``plan.py``         ``plan_speedups``, the pure decision (tested as a table without a GPU);
+* ``facts.py``        what the plan reads from the device and the model;
+* ``architectures.py`` the allow-list of architectures the fused path computes exactly;
+* ``memory.py``       the memory estimate and the micro-batch / recompute plan;
+* ``patch.py``, ``layers.py`` the fused decoder layers and LoRA linears that replace PEFT's;
+* ``fused_lora.py``, ``kernels.py``, ``dropout_kernel.py``, ``offload.py`` the autograd functions and
+  kernels they run; ``linear_ce.py`` the loss from hidden states;
+* ``graphs.py``       forward + backward passes replayed from CUDA graphs;
+* ``bf16_tables.py``, ``optim.py`` exact bf16 storage of frozen tables, the 8-bit AdamW without syncs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from lorafleet.config import TrainConfig
+from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
+from lorafleet.train.fast.linear_ce import hidden_state_loss_sum
+from lorafleet.train.fast.patch import Patches, apply_plan
+from lorafleet.train.fast.plan import SpeedupPlan, plan_speedups
+
+__all__ = ["FastPath", "SpeedupPlan", "enable_speedups", "hidden_state_loss_sum", "plan_speedups"]
+
+
+@dataclass
+class FastPath:
+    """A model's speed-up plan and the changes made to follow it."""
+
+    plan: SpeedupPlan
+    patches: Patches
+
+    def describe(self) -> str:
+        """The training log's line: the plan, and on the fused path what was replaced."""
+        line = self.plan.describe()
+        return f"{line} ({self.patches.describe()})" if self.plan.fast else line
+
+
+def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world_size: int, row_tokens: int,
+                    memory_budget: int | None = None) -> FastPath:
+    """Plan the speed-ups of a run of ``config`` for the PEFT-wrapped ``model`` (on its device, its
+    adapter attached, before the optimizer exists) and apply them. ``row_tokens`` is the longest row of
+    the train split; ``memory_budget`` caps the run's peak on the device (default: allocated + 90% of free)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda" and config.speedups.enabled
+    attention_module = ModelFacts.read(model, storage=False).attention_module if cuda else None
+    device_facts = DeviceFacts.probe(device, attention_module) if cuda else DeviceFacts(
+        "cuda" if device.type == "cuda" else "cpu")
+    plan = plan_speedups(config, precision, device_facts, world_size, ModelFacts.read(model, storage=cuda),
+                         row_tokens, memory_budget)
+    return FastPath(plan, apply_plan(model, plan))
+

@@ -1,0 +1,176 @@
+"""``plan_speedups``: every speed-up decision of a run, made once, as a pure function of its inputs.
+
+Inputs are the config, the resolved precision, the number of processes, and the facts read from the
+device and the model (``facts.py``); the output is a frozen ``SpeedupPlan`` that everything downstream
+reads (``patch.py`` applies it, the loop, the optimizer and the graphs follow it) and nothing re-decides.
+The training log prints ``SpeedupPlan.describe()``, the manifest stores ``SpeedupPlan.summary()``.
+
+The order of the decision: CPU or switched off → plain path; an architecture off the allow-list → plain
+path; then storage, kernels, loss, CUDA graphs (and why not), and the memory plan (micro-batch and
+recompute, ``memory.py``), which prefers no recompute when graphs would run; graphs then run only when
+the memory plan needs no recompute. The optimizer is chosen on every path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from lorafleet.config import TrainConfig
+from lorafleet.train.fast.architectures import architecture_problem, padding_problem
+from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
+from lorafleet.train.fast.memory import MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Recompute, plan_micro_batch
+
+Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
+Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
+PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
+FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
+
+
+@dataclass(frozen=True)
+class SpeedupPlan:
+    """What a run does, decided once by ``plan_speedups``."""
+
+    fast: bool  # the fused path: decoder layers and LoRA linears replaced (patch.py); False = plain PEFT
+    rows: int  # rows per micro-batch (batch_size)
+    micro_batch: int  # rows per forward pass, a divisor of rows
+    recompute: Recompute  # none / attention / offload (fused layers) or transformers / none (plain path)
+    optimizer: Optimizer
+    fused_lora: bool = False
+    fused_mlp: bool = False
+    triton_kernels: bool = False  # Triton RMSNorm and SiLU·mul
+    rope_kernel: bool = False  # Liger's RoPE in the fused attention
+    fused_loss: bool = False  # loss from hidden states, never the logits
+    cuda_graphs: bool = False  # passes replayed from CUDA graphs, dropout seeds drawn on the device
+    storage: Storage = "as-loaded"
+    pad_multiple: int | None = None  # rows right-padded to a multiple of this, without a mask (graphs)
+    architecture: str = ""
+    reasons: tuple[str, ...] = ()  # why something asked for does not apply, one line each
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        if not self.fast:
+            head = f"speed-ups: plain transformers + PEFT path (recompute {self.recompute}"
+            return head + f", micro-batch {self.micro_batch} of {self.rows} rows, optimizer {self.optimizer})" + \
+                "".join(f"; {r}" for r in self.reasons)
+        on = lambda flag: "on" if flag else "off"  # noqa: E731
+        parts = [f"fused path ({self.architecture})", f"fused LoRA linears {on(self.fused_lora)}",
+                 f"fused MLPs {on(self.fused_mlp)}", f"Triton kernels {on(self.triton_kernels)}",
+                 f"RoPE kernel {on(self.rope_kernel)}", f"fused loss {on(self.fused_loss)}",
+                 f"CUDA graphs {on(self.cuda_graphs)}", f"storage {self.storage}", f"recompute {self.recompute}",
+                 f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}"]
+        return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {r}" for r in self.reasons)
+
+    def summary(self) -> dict[str, object]:
+        """The plan as plain JSON values (the manifest's ``speedup_plan``)."""
+        values = dataclasses.asdict(self)
+        values["reasons"] = list(self.reasons)
+        return values
+
+
+def capture_problem(recompute: str, distributed: bool = False, loss_scaling: bool = False,
+                    packing: bool = False) -> str | None:
+    """Why a training pass cannot be captured as a CUDA graph, or None when it can."""
+    if distributed:
+        return "several processes (DDP hooks run in backward)"
+    if loss_scaling:
+        return "fp16 loss scaling"
+    if packing:
+        return "packing (flash-attention reads sample boundaries on the host)"
+    if recompute != "none":  # a recomputed pass would redraw its device dropout seeds
+        return f"recompute {recompute} (recomputed passes redraw dropout seeds)"
+    return None
+
+
+def choose_optimizer(config: TrainConfig, device: DeviceFacts) -> Optimizer:
+    """8-bit AdamW for QLoRA (bitsandbytes' paged one only when asked: it syncs the GPU per parameter);
+    torch's AdamW otherwise, its fused kernel on CUDA."""
+    if config.quantization == "nf4":
+        return "paged-adamw8bit" if config.speedups.paged_optimizer else "adamw8bit"
+    return "adamw-fused" if device.kind == "cuda" else "adamw"
+
+
+def plain_path_reason(config: TrainConfig, device: DeviceFacts, model: ModelFacts) -> str | None:
+    """Why the run must train on the plain transformers + PEFT path, or None when the fused path may run."""
+    if device.kind != "cuda":
+        return "speed-ups are CUDA-only"
+    if not config.speedups.enabled:
+        return "speedups.enabled is false"
+    problem = architecture_problem(model)
+    if problem:
+        return problem
+    if config.dora:
+        return "DoRA (the fused LoRA functions compute plain LoRA): plain path"
+    if model.dims is None:
+        return "no model shape to plan memory with: plain path"
+    return None
+
+
+def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, world_size: int, model: ModelFacts,
+                  row_tokens: int, memory_budget: int | None = None) -> SpeedupPlan:
+    """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
+    with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
+    peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O."""
+    s = config.speedups
+    rows = config.batch_size
+    fixed_micro = s.micro_batch if isinstance(s.micro_batch, int) else None
+    plain = SpeedupPlan(fast=False, rows=rows, micro_batch=fixed_micro or rows,
+                        recompute="transformers" if config.gradient_checkpointing else "none",
+                        optimizer=choose_optimizer(config, device), architecture=model.model_type)
+    problem = plain_path_reason(config, device, model)
+    if problem:
+        return dataclasses.replace(plain, reasons=(problem,))
+    reasons: list[str] = []
+    storage: Storage = "as-loaded"
+    if s.frozen_bf16 and config.quantization == "nf4":
+        storage = "frozen-bf16"
+    elif s.bf16_storage and model.bf16_table_bytes:
+        if precision == "bf16" or config.quantization == "nf4":  # the head's matmul must run under bf16 autocast
+            storage = "bf16-tables"
+        else:
+            reasons.append(f"bf16 tables off: they need bf16 autocast, the run computes in {precision}")
+    triton = s.fused_elementwise and device.triton_problem is None
+    if s.fused_elementwise and device.triton_problem:
+        reasons.append(device.triton_problem)
+    rope = s.triton_rope and triton and device.rope_problem is None
+    if s.triton_rope and triton and device.rope_problem:
+        reasons.append(device.rope_problem)
+    fused_loss = s.fused_cross_entropy and world_size == 1 and not model.head_has_lora
+    if s.fused_cross_entropy and not fused_loss:
+        reasons.append("fused loss off: " + ("several processes (DDP runs its own forward)" if world_size > 1
+                                             else "the head has a LoRA adapter"))
+    graphs_problem = None
+    if s.cuda_graphs:
+        graphs_problem = (capture_problem("none", world_size > 1, precision == "fp16", config.packing)
+                          or padding_problem(model)
+                          or (device.dropout_problem if config.lora_dropout > 0 else None))
+        if graphs_problem:
+            reasons.append(f"CUDA graphs off: {graphs_problem}")
+    wants_graphs = s.cuda_graphs and graphs_problem is None
+    tokens = row_tokens + (-row_tokens % PAD_MULTIPLE if wants_graphs else 0)
+
+    # Memory: weights as they will be after the storage change, trainable state, margin, the fused loss's
+    # bf16 copy of a head that stays in fp32; activations get the rest of the budget.
+    saved = {"frozen-bf16": model.frozen_fp32_bytes, "bf16-tables": model.bf16_table_bytes}.get(storage, 0)
+    allocated = device.allocated_bytes - saved
+    budget = memory_budget if memory_budget is not None else allocated + int(device.free_bytes * FREE_MEMORY_SHARE)
+    head_bf16 = (model.head_is_bf16 or (storage == "frozen-bf16" and model.head_is_frozen_fp32)
+                 or (storage == "bf16-tables" and model.head_is_bf16_table))
+    fixed = allocated + TRAINABLE_BYTES_PER_PARAM * model.trainable_params + MARGIN_BYTES
+    if fused_loss and not head_bf16:
+        fixed += 2 * model.head_numel
+    residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
+    fused_mlp = s.fused_mlp and s.fused_lora
+    micro, recompute = plan_micro_batch(rows, tokens, model.dims, budget - fixed, s.recompute, fixed_micro,
+                                        triton and fused_mlp, residual_bytes, no_recompute_first=wants_graphs)
+    graphs = wants_graphs and recompute == "none"
+    if wants_graphs and not graphs:
+        why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
+        reasons.append(f"CUDA graphs off: {capture_problem(recompute)} ({why})")
+    return SpeedupPlan(
+        fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
+        fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, fused_loss=fused_loss,
+        cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None,
+        architecture=model.model_type, reasons=tuple(reasons),
+    )

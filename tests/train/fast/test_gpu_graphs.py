@@ -1,0 +1,58 @@
+"""CUDA-graph passes (fast/graphs.py) compute what eager passes compute. Marked ``gpu``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from fast_models import batch, lora_grads, max_rel_err, nf4_tiny_llama, speedup_config, tiny_llama, with_lora
+
+from lorafleet.train.fast import enable_speedups, hidden_state_loss_sum
+from lorafleet.train.fast.graphs import PassGraphs
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _graph_runner(model, capture_after: int) -> PassGraphs:
+    def loss_fn(inputs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return hidden_state_loss_sum(model, inputs["input_ids"], inputs["labels"])[0]
+    return PassGraphs(loss_fn, [p for p in model.parameters() if p.requires_grad], capture_after=capture_after)
+
+
+def test_graph_replays_compute_what_eager_passes_compute_on_nf4():
+    """Dropout off: three passes through a captured graph (the first eager, then two replays) give
+    the losses and accumulated gradients of three eager passes."""
+    pytest.importorskip("triton", reason="graphed passes draw dropout masks with Triton")
+    ids, labels = batch("cuda")
+    base = nf4_tiny_llama()
+    results = []
+    for capture_after in (10**6, 1):  # never captured; captured after its first (eager) pass
+        model = with_lora(copy.deepcopy(base))
+        plan = enable_speedups(model, speedup_config(quantization="nf4", recompute="none"), "bf16", 1,
+                               ids.shape[1]).plan
+        assert plan.recompute == "none" and plan.fused_loss and plan.cuda_graphs, plan.reasons
+        runner = _graph_runner(model, capture_after)
+        losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.01)) for _ in range(3)]
+        results.append((losses, lora_grads(model), runner))
+    (eager_losses, eager_grads, eager), (losses, grads, graphed) = results
+    assert eager.replays == 0 and graphed.replays == 2 and len(graphed.graphs) == 1
+    assert losses == pytest.approx(eager_losses, rel=1e-6)
+    assert max_rel_err(eager_grads, grads) < 1e-5  # three passes' gradients added up, in the same tensors
+
+
+def test_graph_replays_draw_new_dropout_masks():
+    pytest.importorskip("triton", reason="graphed passes draw dropout masks with Triton")
+    ids, labels = batch("cuda")
+    model = with_lora(tiny_llama(torch.bfloat16, "cuda"), dropout=0.3)
+    plan = enable_speedups(model, speedup_config(lora_dropout=0.3, recompute="none"), "bf16", 1, ids.shape[1]).plan
+    assert plan.cuda_graphs, plan.reasons  # the dropout kernel passed its check on this device
+    runner = _graph_runner(model, 1)
+    losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.0)) for _ in range(4)]
+    assert runner.replays == 3
+    assert len(set(losses[1:])) == 3  # same batch, fresh masks at every replay
+    model.eval()  # no dropout: the loss every replay scatters around
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        clean = float(hidden_state_loss_sum(model, ids, labels)[0])
+    assert all(abs(loss - clean) / clean < 0.2 for loss in losses)

@@ -1,0 +1,161 @@
+"""`plan_speedups` as a table of cases: every decision of a run, without a GPU (facts are made up)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from lorafleet.config import SpeedupConfig, TrainConfig
+from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
+from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token
+from lorafleet.train.fast.plan import SpeedupPlan, plan_speedups
+
+GB = 10**9
+LLAMA_8B = ModelDims(hidden=4096, intermediate=14336, kv_dim=1024, layers=32)
+# After loading the 8B shape in NF4 with fp32 embedding and head and attaching the adapter: ~3.6 GB of NF4
+# weights, 4.2 GB of fp32 tables, 0.34 GB of LoRA weights.
+H200 = DeviceFacts("cuda", free_bytes=130 * GB, allocated_bytes=int(8.2 * GB), triton_problem=None,
+                   dropout_problem=None, rope_problem=None)
+CPU = DeviceFacts("cpu")
+# The Llama-3.1-8B shape after NF4 loading and prepare_model_for_kbit_training: fp32 embedding and head
+# holding bf16 values (2.1 GB saved by bf16 storage), an r=32 all-linear adapter.
+QLORA_8B = ModelFacts(
+    model_type="llama", layer_classes=frozenset({"LlamaDecoderLayer"}), attention_classes=frozenset({"LlamaAttention"}),
+    norm_classes=frozenset({"LlamaRMSNorm"}), dims=LLAMA_8B, trainable_params=83_886_080, embed_element_size=4,
+    head_numel=128256 * 4096, frozen_fp32_bytes=2_101_608_448, bf16_table_bytes=2_101_346_304,
+    head_is_bf16_table=True, head_is_frozen_fp32=True,
+)
+BF16_8B = dataclasses.replace(QLORA_8B, embed_element_size=2, head_is_bf16=True, frozen_fp32_bytes=0,
+                              bf16_table_bytes=0, head_is_bf16_table=False, head_is_frozen_fp32=False)
+# (a)'s measured peak in BENCHMARKS.md round 6: the budget the benchmark's (b) rows plan within.
+SEED_STACK_PEAK = int(17.8 * GB)
+
+
+def make(config: dict | None = None, speedups: dict | None = None, device: DeviceFacts = H200, world: int = 1,
+         model: ModelFacts = QLORA_8B, row_tokens: int = 2048, budget: int | None = None,
+         precision: str = "bf16") -> SpeedupPlan:
+    values = {"batch_size": 2, "quantization": "nf4", **(config or {})}
+    train = TrainConfig(**values, speedups=SpeedupConfig(**(speedups or {})))
+    return plan_speedups(train, precision, device, world, model, row_tokens, budget)
+
+
+def needs(mode: str, rows: int, tokens: int = 2048) -> int:
+    """The budget that activations of `rows` rows need under `mode`, plus the plan's fixed part."""
+    saved = QLORA_8B.bf16_table_bytes
+    fixed = H200.allocated_bytes - saved + 12 * QLORA_8B.trainable_params + 512 * 2**20
+    return fixed + rows * tokens * activation_bytes_per_token(LLAMA_8B, mode, True, 4)
+
+
+CASES = {
+    # id: (make() arguments, expected fields, words every reason line together must contain)
+    "cpu": (dict(device=CPU, config={"quantization": "none"}),
+            dict(fast=False, recompute="transformers", micro_batch=2, optimizer="adamw"), "CUDA-only"),
+    "cpu without checkpointing": (dict(device=CPU, config={"quantization": "none", "gradient_checkpointing": False}),
+                                  dict(fast=False, recompute="none"), "CUDA-only"),
+    "cpu honours a fixed micro-batch": (dict(device=CPU, config={"quantization": "none"}, speedups={"micro_batch": 1}),
+                                        dict(fast=False, micro_batch=1), ""),
+    "one CUDA process, QLoRA": (dict(), dict(
+        fast=True, micro_batch=2, recompute="none", cuda_graphs=True, pad_multiple=64, fused_loss=True,
+        triton_kernels=True, rope_kernel=True, fused_lora=True, fused_mlp=True, storage="bf16-tables",
+        optimizer="adamw8bit", reasons=()), ""),
+    "several processes": (dict(world=2), dict(fast=True, cuda_graphs=False, fused_loss=False, pad_multiple=None),
+                          "several processes"),
+    "packing": (dict(config={"packing": True}), dict(fast=True, cuda_graphs=False), "packing"),
+    "fp16": (dict(config={"quantization": "none"}, precision="fp16", model=dataclasses.replace(
+        BF16_8B, bf16_table_bytes=1000)), dict(fast=True, cuda_graphs=False, storage="as-loaded",
+                                               optimizer="adamw-fused"), "fp16 loss scaling"),
+    "bf16 LoRA": (dict(config={"quantization": "none"}, model=BF16_8B),
+                  dict(fast=True, storage="as-loaded", optimizer="adamw-fused", cuda_graphs=True), ""),
+    "NF4 with the paged optimizer": (dict(speedups={"paged_optimizer": True}), dict(optimizer="paged-adamw8bit"), ""),
+    "NF4, frozen_bf16": (dict(speedups={"frozen_bf16": True}), dict(storage="frozen-bf16"), ""),
+    "frozen_bf16 is for QLoRA only": (dict(config={"quantization": "none"}, model=BF16_8B,
+                                           speedups={"frozen_bf16": True}), dict(storage="as-loaded"), ""),
+    # What rounds 5 and 6 planned and measured on the H200 for the exact defaults (17.1 GB steady peak).
+    "within the seed stack's peak: micro-batch 1 without recompute (graphs)": (
+        dict(budget=SEED_STACK_PEAK), dict(micro_batch=1, recompute="none", cuda_graphs=True), ""),
+    "recompute needed: graphs off": (
+        dict(budget=needs("attention", 1)), dict(micro_batch=1, recompute="attention", cuda_graphs=False,
+                                                 pad_multiple=None), "(needed to fit the memory)"),
+    "nothing fits: offload": (dict(budget=needs("attention", 1) - 1), dict(micro_batch=1, recompute="offload"),
+                              "recompute offload"),
+    "graphs switched off": (dict(speedups={"cuda_graphs": False}, budget=needs("attention", 2)),
+                            dict(cuda_graphs=False, pad_multiple=None, micro_batch=2, recompute="attention"), ""),
+    "recompute set by the user": (dict(speedups={"recompute": "attention"}), dict(recompute="attention",
+                                                                                 cuda_graphs=False),
+                                  "recompute attention (recomputed passes redraw dropout seeds) (speedups.recompute)"),
+    "micro-batch set by the user": (dict(speedups={"micro_batch": 1}), dict(micro_batch=1, recompute="none"), ""),
+    "Triton kernels switched off": (dict(speedups={"fused_elementwise": False}),
+                                    dict(triton_kernels=False, rope_kernel=False), ""),
+    "RoPE kernel switched off": (dict(speedups={"triton_rope": False}), dict(triton_kernels=True, rope_kernel=False), ""),
+    "fused loss switched off": (dict(speedups={"fused_cross_entropy": False}), dict(fused_loss=False), ""),
+    "bf16 storage switched off": (dict(speedups={"bf16_storage": False}), dict(storage="as-loaded"), ""),
+    "speed-ups switched off": (dict(speedups={"enabled": False}),
+                               dict(fast=False, recompute="transformers", optimizer="adamw8bit"), "enabled is false"),
+    "Triton kernels fail their check": (dict(device=dataclasses.replace(H200, triton_problem="Triton kernels off: X")),
+                                        dict(fast=True, triton_kernels=False, rope_kernel=False), "Triton kernels off"),
+    "RoPE kernel fails its check": (dict(device=dataclasses.replace(H200, rope_problem="Triton RoPE off: X")),
+                                    dict(triton_kernels=True, rope_kernel=False), "Triton RoPE off"),
+    "dropout kernel fails its check, dropout on": (
+        dict(device=dataclasses.replace(H200, dropout_problem="Triton dropout off: X")),
+        dict(cuda_graphs=False, pad_multiple=None), "Triton dropout off"),
+    "dropout kernel fails its check, dropout off": (
+        dict(config={"lora_dropout": 0.0}, device=dataclasses.replace(H200, dropout_problem="Triton dropout off: X")),
+        dict(cuda_graphs=True), ""),
+    "DoRA": (dict(config={"dora": True}), dict(fast=False), "DoRA"),
+    "LoRA on the head": (dict(model=dataclasses.replace(QLORA_8B, head_has_lora=True)), dict(fused_loss=False),
+                         "the head has a LoRA adapter"),
+    "rotary frequencies that depend on the length": (
+        dict(model=dataclasses.replace(QLORA_8B, rope_types=frozenset({"dynamic"}))),
+        dict(fast=True, cuda_graphs=False, pad_multiple=None), "depend on the sequence length"),
+    "a GELU Llama": (dict(model=dataclasses.replace(QLORA_8B, hidden_act="gelu")), dict(fast=False), "hidden_act"),
+    "hooks on the layers": (dict(model=dataclasses.replace(QLORA_8B, hooked=True)), dict(fast=False), "hooks"),
+}
+for arch, layer in (("mistral", "Mistral"), ("qwen2", "Qwen2")):
+    CASES[f"{arch} is allowed"] = (dict(model=dataclasses.replace(
+        QLORA_8B, model_type=arch, layer_classes=frozenset({f"{layer}DecoderLayer"}),
+        attention_classes=frozenset({f"{layer}Attention"}), norm_classes=frozenset({f"{layer}RMSNorm"}))),
+        dict(fast=True, architecture=arch), "")
+for arch in ("gemma", "gemma2", "granite"):
+    CASES[f"{arch} is refused"] = (dict(model=dataclasses.replace(QLORA_8B, model_type=arch)),
+                                   dict(fast=False, recompute="transformers", optimizer="adamw8bit"), "allow-list")
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_plan(case: str):
+    arguments, expected, words = CASES[case]
+    plan = make(**arguments)
+    assert {k: getattr(plan, k) for k in expected} == expected, plan
+    reasons = " ".join(plan.reasons)
+    assert words in reasons, reasons
+    if not plan.fast:
+        assert len(plan.reasons) == 1  # the plain path says why, in one line
+    assert plan.micro_batch >= 1 and plan.rows % plan.micro_batch == 0
+    assert plan.cuda_graphs <= (plan.fast and plan.recompute == "none")  # graphs need the fused path, no recompute
+    assert (plan.pad_multiple is not None) == plan.cuda_graphs
+
+
+def test_padding_rounds_the_planned_row_up_only_when_graphs_pad():
+    # A budget that fits 2 rows of 2049 tokens without recompute, but not 2 rows padded to 2112.
+    budget = needs("none", 2, 2049)
+    assert make(budget=budget, row_tokens=2048).micro_batch == 2
+    assert make(budget=budget, row_tokens=2049).micro_batch == 1  # padded to 2112 for graphs
+    assert make(budget=budget, row_tokens=2049, speedups={"cuda_graphs": False, "recompute": "none"}).micro_batch == 2
+
+
+def test_default_budget_is_allocated_plus_most_of_free():
+    tight = dataclasses.replace(H200, free_bytes=int((needs("none", 1) - H200.allocated_bytes + 2.2 * GB) / 0.9))
+    assert make(device=tight).micro_batch == 1  # 2.2 GB over the fixed part + one row: the table savings count
+    assert make(device=dataclasses.replace(tight, free_bytes=tight.free_bytes // 2)).recompute != "none"
+
+
+def test_describe_and_summary():
+    plan = make()
+    line = plan.describe()
+    assert line.startswith("CUDA speed-ups:") and "CUDA graphs on" in line and "micro-batch 2 of 2 rows" in line
+    plain = make(device=CPU, config={"quantization": "none"})
+    assert "plain transformers + PEFT path" in plain.describe() and "CUDA-only" in plain.describe()
+    off = make(world=2)
+    assert "CUDA graphs off: several processes" in off.describe()
+    assert json.loads(json.dumps(plan.summary()))["cuda_graphs"] is True  # the manifest stores it as JSON
