@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -157,7 +158,7 @@ def main() -> None:
         summary = write_ticket_data(work / "data", args.seed, args.train, args.dev)
         prepared = work / "prepared"
         prepare_dataset([work / "data" / f for f in summary.train_files], prepared,
-                        PrepareOptions(model=args.model, max_seq_length=512, seed=args.seed))
+                        PrepareOptions(model=args.model, max_seq_length=512, seed=args.seed, max_error_rate=1.0))
         cases = load_cases(work / "data" / "dev.jsonl")
         for row in rows:
             console.rule(row)
@@ -198,7 +199,7 @@ def write_results(results: dict[str, dict], args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "quality", "date": date.today().isoformat(), "device": args.device,
-        "machine": platform.processor() or platform.machine(), "cpu_count": torch.get_num_threads(),
+        "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "model": args.model,
         "seed": args.seed, "train_conversations": args.train, "dev_tickets": args.dev, "steps": args.steps,
         "torch": torch.__version__, "rows": results,
