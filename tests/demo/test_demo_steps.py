@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from lorafleet.config import TrainConfig
+from lorafleet.demo.quickstart import run_length
 from lorafleet.demo.steps import StepLog, can_reuse, files_key, text_key, write_stamp
 from lorafleet.demo.traffic import canary_done, usage_snippet
 
@@ -95,3 +97,16 @@ def test_examples_show_each_models_answer_cut_short_and_failures_by_status() -> 
     assert "category=billing, priority=high" in text
     assert "[not markup] word word" in text and "…" in text and "word " * 10 not in text
     assert "(timeout)" in text
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"max_steps": 16}, "16 steps"),                 # configs/demo.yaml: a step budget
+        ({"epochs": 1}, "1 epoch"),                      # configs/triage.yaml: one pass, steps counted by train
+        ({"epochs": 3}, "3 epochs"),
+        ({"epochs": 2, "max_steps": 5}, "5 steps"),      # max_steps overrides epochs, as in train
+    ],
+)
+def test_a_version_says_how_long_it_trains(fields: dict, said: str) -> None:
+    assert run_length(TrainConfig(**fields)) == said

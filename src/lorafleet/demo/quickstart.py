@@ -84,6 +84,13 @@ class DemoResult:
     steps: list[StepTime]
 
 
+def run_length(config: TrainConfig) -> str:
+    """How long a version trains, as its config says it: a step budget, or whole epochs (counted in steps by train)."""
+    if config.max_steps:
+        return f"{config.max_steps} steps"
+    return f"{config.epochs} epoch" + ("" if config.epochs == 1 else "s")
+
+
 def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     """Run every step into `options.out`; the fleet is stopped on return unless keep_serving (then on Ctrl-C).
 
@@ -106,7 +113,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
         build.print_prepare(report, console)
     artifacts = []
     for number, (config, source) in enumerate(zip(configs, [options.first_version, options.recipe]), start=1):
-        with log.step(f"train v{number}", f"LoRA on the CPU with {source}: {config.max_steps} steps, seed {config.seed}") as step:
+        with log.step(f"train v{number}", f"LoRA on the CPU with {source}: {run_length(config)}, seed {config.seed}") as step:
             artifact = out / "artifacts" / f"{ALIAS}-v{number}"
             manifest, step.reused = build.train_cached(out / "prepared", artifact, config)
             build.print_trained(artifact.name, manifest, console)
