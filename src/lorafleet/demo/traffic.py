@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from lorafleet.eval.runner import EvalOptions, Target, evaluate
 from lorafleet.serve.abreport import VersionStats, summarize
 from lorafleet.serve.requestlog import read_records
 
+CONCURRENCY = 8  # requests in flight at once, canary traffic and eval alike: vLLM batches them
+EVAL_MAX_TOKENS = 96  # a triage answer is one JSON object of ~35 tokens (48 at most in the data): twice that cuts only prose
+
 
 def canary_done(seen: Counter[str], sent: int, planned: int, cap: int, versions: list[str]) -> bool:
     """Stop sending canary traffic once `planned` requests went out and every version answered at
@@ -30,21 +34,30 @@ def canary_done(seen: Counter[str], sent: int, planned: int, cap: int, versions:
     return sent >= cap or (sent >= planned and all(seen[v] > 0 for v in versions))
 
 
-def send_canary_traffic(url: str, alias: str, dev: Path, versions: list[str], planned: int, cap: int, console: Console) -> Counter[str]:
-    """Send dev tickets to `alias` as distinct customers until canary_done; returns requests per serving version
-    (the gateway's `x-lorafleet-adapter` header). Raises httpx.HTTPStatusError on a failed request."""
+def send_canary_traffic(url: str, alias: str, dev: Path, versions: list[str], planned: int, cap: int, console: Console,
+                        concurrency: int = CONCURRENCY) -> Counter[str]:
+    """Send dev tickets to `alias` as distinct customers, `concurrency` at a time, until canary_done; returns
+    requests per serving version (the gateway's `x-lorafleet-adapter` header). Raises httpx.HTTPStatusError on a
+    failed request."""
     tickets = [json.loads(line)["messages"] for line in dev.read_text(encoding="utf-8").splitlines() if line.strip()]
     seen: Counter[str] = Counter()
     sent = 0
-    with httpx.Client(base_url=url, timeout=300) as client, _progress(console) as progress:
+
+    def send(customer: int) -> str:
+        body = {"model": alias, "messages": tickets[customer % len(tickets)], "max_tokens": 48, "temperature": 0,
+                "user": f"customer-{customer}"}
+        response = client.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.headers.get("x-lorafleet-adapter", "?")
+
+    limits = httpx.Limits(max_connections=concurrency)
+    with httpx.Client(base_url=url, timeout=300, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool, \
+            _progress(console) as progress:
         task = progress.add_task(f"canary traffic to {alias!r}", total=planned)
         while not canary_done(seen, sent, planned, cap, versions):
-            body = {"model": alias, "messages": tickets[sent % len(tickets)], "max_tokens": 48, "temperature": 0,
-                    "user": f"customer-{sent}"}
-            response = client.post("/v1/chat/completions", json=body)
-            response.raise_for_status()
-            seen[response.headers.get("x-lorafleet-adapter", "?")] += 1
-            sent += 1
+            wave = range(sent, min(sent + concurrency, cap))  # one wave at a time, so the stop rule sees every answer
+            seen.update(pool.map(send, wave))
+            sent = wave.stop
             progress.update(task, completed=sent, total=max(planned, sent))
     return seen
 
@@ -74,7 +87,8 @@ def write_ab_report(path: Path, alias: str, stats: list[VersionStats]) -> None:
 
 def run_eval(url: str, dev: Path, targets: list[Target], limit: int | None, console: Console) -> EvalReport:
     """`lorafleet eval` of `targets` on `dev` through the gateway, greedy, with a progress bar per model."""
-    options = EvalOptions(endpoint=url, data=dev, targets=targets, limit=limit, concurrency=8, timeout_s=600)
+    options = EvalOptions(endpoint=url, data=dev, targets=targets, limit=limit, concurrency=CONCURRENCY,
+                          max_tokens=EVAL_MAX_TOKENS, timeout_s=600)
     with _progress(console) as progress:
         tasks: dict[str, int] = {}
 
