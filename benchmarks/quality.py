@@ -5,7 +5,9 @@ data (lorafleet's ticket generator, one seed), the same prepared samples and the
 
   base + instructions  the base model prompted with the format instructions (no training): the baseline
   lora                 lorafleet train with configs/triage.yaml (fp32 LoRA on CPU, the demo's recipe)
-  full                 full fine-tuning: every weight trained, plain PyTorch loop, same batches and steps
+  full                 full fine-tuning: every weight trained, plain PyTorch loop, same batches and steps, one row
+                       per learning rate in --full-lr (the LoRA recipe was searched, so the baseline gets a search too);
+                       "vs full" compares against the best of them
   qlora                lorafleet train with the same config, base held in 4-bit NF4, bf16 compute (CUDA only)
 
 Every row is scored the same way: transformers `generate`, greedy, batched, on the dev split's user
@@ -13,7 +15,7 @@ messages (vLLM cannot run on the GPU machine, so no row uses it), with lorafleet
 adapter is scored over the unquantized base in fp32 (how lorafleet serves it), the QLoRA one included.
 
     python benchmarks/quality.py --rows base,lora,full                 # CPU rows (this machine)
-    python benchmarks/quality.py --rows qlora --device cuda --model DIR  # on the GPU machine
+    python benchmarks/quality.py --rows base,lora,full,qlora --device cuda --gen-batch 32  # on a GPU machine
 """
 
 from __future__ import annotations
@@ -90,14 +92,14 @@ def train_adapter_row(row: str, prepared: Path, work: Path, args) -> tuple[Path,
                         "eval_loss": m.eval_loss, "tokens_per_s": m.tokens_per_s, "config": config.model_dump(mode="json")}
 
 
-def train_full(model, prepared: Path, args) -> dict:
+def train_full(model, prepared: Path, lr: float, args) -> dict:
     """Full fine-tuning on the same length-grouped batches as lorafleet's loop, AdamW with warm-up and cosine decay."""
     config = load_train_config(args.config, {"model": args.model})
     samples = load_samples(prepared, "train")
     steps = args.steps or config.max_steps or math.ceil(len(samples) / config.batch_size) * config.epochs
     batches = [b for epoch in range(math.ceil(steps * config.batch_size / len(samples)) + 1)
                for b in epoch_batches([len(s.input_ids) for s in samples], config.batch_size, 1, config.seed, epoch, config.length_group_window)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.full_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, round(steps * config.warmup_ratio))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
@@ -117,7 +119,7 @@ def train_full(model, prepared: Path, args) -> dict:
         tokens += int(batch["attention_mask"].sum())
         print(f"full step {step + 1}/{steps} loss {loss.item():.4f}", flush=True)
     wall = time.perf_counter() - start
-    return {"train_s": wall, "steps": steps, "train_loss": loss.item(), "tokens_per_s": tokens / wall, "lr": args.full_lr}
+    return {"train_s": wall, "steps": steps, "train_loss": loss.item(), "tokens_per_s": tokens / wall, "lr": lr}
 
 
 def row_result(report: ModelReport, training: dict | None) -> dict:
@@ -138,7 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps for every trained row (default: the config's)")
     parser.add_argument("--base-prompt-in", default="user", choices=["system", "user"],
                         help="where the base row's format instructions go (this small model follows them better in the user turn)")
-    parser.add_argument("--full-lr", type=float, default=1e-4, help="learning rate of full fine-tuning (LoRA trains faster at a higher one)")
+    parser.add_argument("--full-lr", default="1e-4", help="learning rates of full fine-tuning, comma-separated: a row each")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--train", type=int, default=1000, help="training conversations generated")
     parser.add_argument("--dev", type=int, default=200, help="held-out tickets scored")
@@ -147,9 +149,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="raw JSON results (default benchmarks/results/quality_<device>.json)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    full_lrs = [float(lr) for lr in args.full_lr.split(",") if lr.strip()]
     console = Console()
     base_path = resolve_model(args.model).path
     tokenizer = load_tokenizer(base_path)
+    if tokenizer.pad_token is None:  # batched generation pads; some tokenizer versions leave the GGUF's pad unset
+        tokenizer.pad_token = tokenizer.eos_token
     args.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     results: dict[str, dict] = {}
@@ -172,9 +177,13 @@ def main() -> None:
                 model = PeftModel.from_pretrained(load_base(base_path, args.device), artifact)
                 results[row] = row_result(score(row, model, tokenizer, cases, None, args), training)
             elif row == "full":
-                model = load_base(base_path, args.device)
-                training = train_full(model, prepared, args)
-                results[row] = row_result(score(row, model, tokenizer, cases, None, args), training)
+                for lr in full_lrs:
+                    name = "full" if len(full_lrs) == 1 else f"full@{lr:g}"
+                    model = load_base(base_path, args.device)
+                    training = train_full(model, prepared, lr, args)
+                    results[name] = row_result(score(name, model, tokenizer, cases, None, args), training)
+                    console.print(f"{name}: category {results[name]['category']:.1%}, JSON valid {results[name]['json_valid']:.1%}")
+                continue
             else:
                 parser.error(f"unknown row {row!r}")
             console.print(f"{row}: category {results[row]['category']:.1%}, JSON valid {results[row]['json_valid']:.1%}")
@@ -184,9 +193,9 @@ def main() -> None:
 
 def print_table(results: dict[str, dict], console: Console) -> None:
     table = Table(title="triage quality on the held-out dev split (transformers generate, greedy)")
-    for column in ("row", "JSON valid", "category", "priority", "exact", "train s", "vs full (category)"):
+    for column in ("row", "JSON valid", "category", "priority", "exact", "train s", "vs best full (category)"):
         table.add_column(column, justify="right")
-    full = results.get("full", {}).get("category")
+    full = max((r["category"] for row, r in results.items() if row.startswith("full")), default=None)
     for row, r in results.items():
         train_s = f"{r['training']['train_s']:.0f}" if r["training"] else "-"
         ratio = f"{r['category'] / full:.1%}" if full else "-"
