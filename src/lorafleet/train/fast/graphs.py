@@ -116,7 +116,9 @@ class PassGraphs:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the warm-up passes' cached blocks: not held beside the graph's pool
         self._stream = self._stream or torch.cuda.Stream()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+        # thread_local: this thread may make no unsafe call while capturing, but other threads may; under
+        # torchrun, NCCL's watchdog thread queries the events of earlier collectives at any time.
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
             loss = self.loss_fn(inputs)
             (loss * scale).backward()
         if any(p.grad is not g for p, g in zip(self.params, grads, strict=True)):
