@@ -61,7 +61,8 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    budget = 0
+    failed: dict[str, int] = {}
+    budget = 0  # per GPU, for the lorafleet rows: the seed row's peak (0 = the plan's default when it did not run)
     for key in args.rows.split(","):
         processes, kind = ROWS[key]
         for stale in args.out.glob(f"{key}.rank*.json"):
@@ -72,7 +73,11 @@ def main() -> None:
                    "--budget", str(budget)]
         print(f"== {key}: {processes} process(es)", flush=True)
         started = time.perf_counter()
-        subprocess.run(command, check=True)
+        code = subprocess.run(command).returncode
+        if code != 0:  # the other rows still run; the exit status says a row failed
+            failed[key] = code
+            print(f"== {key} failed (exit status {code})", flush=True)
+            continue
         ranks = [json.loads((args.out / f"{key}.rank{r}.json").read_text()) for r in range(processes)]
         results[key] = dict(ranks[0], peak_gb=max(r["peak_gb"] for r in ranks),
                             peak_allocated_gb=max(r["peak_allocated_gb"] for r in ranks),
@@ -82,9 +87,12 @@ def main() -> None:
             budget = int(results[key]["peak_gb"] * 1e9)
     report = dict(device=torch.cuda.get_device_name(), gpus=torch.cuda.device_count(), torch=torch.__version__,
                   date=time.strftime("%Y-%m-%d"), alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-                  args={k: str(v) for k, v in vars(args).items()}, results=results, ratios=ratios(results))
+                  args={k: str(v) for k, v in vars(args).items()}, results=results, ratios=ratios(results),
+                  failed=failed)
     (args.out / "train_gpu_multi.json").write_text(json.dumps(report, indent=1))
     print_table(report)
+    if failed:
+        sys.exit(f"rows failed: {failed}")
 
 
 def ratios(res: dict[str, dict]) -> dict[str, float]:

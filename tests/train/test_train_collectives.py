@@ -56,3 +56,13 @@ def test_sums_over_two_gloo_processes(tmp_path: Path):
         assert got["grads"][1].tolist() == [0.0] * 4
         assert got["grads"][2].dtype == torch.bfloat16 and got["grads"][2].tolist() == [1.5] * 3
         assert got["same_tensor"]  # summed in place: a CUDA graph keeps adding into the same .grad
+
+
+def test_tensor_collectives_live_only_in_distributed_py():
+    """Every tensor collective goes through `all_reduce_sum` / `broadcast_parameters`, which stage the tensor on
+    the backend's device; a direct call elsewhere could hand NCCL a CPU tensor again."""
+    src = Path(__file__).resolve().parents[2] / "src" / "lorafleet"
+    names = ("all_reduce(", "broadcast(", "reduce_scatter(", "all_gather(", "all_gather_into_tensor(", "reduce(")
+    hits = [(p.relative_to(src).as_posix(), n) for p in src.rglob("*.py") for n in names
+            if f"dist.{n}" in p.read_text() and p.relative_to(src).as_posix() != "train/distributed.py"]
+    assert not hits, hits

@@ -113,10 +113,11 @@ def broadcast_parameters(params: list[torch.Tensor], info: DistInfo) -> None:
         return
     device = collective_device()
     for p in params:
-        staged = p.data.to(device)
+        data = p.detach()  # the parameter's storage, outside autograd
+        staged = data.to(device)  # `data` itself when it is already on the backend's device
         dist.broadcast(staged, src=0)
-        if staged is not p.data:
-            p.data.copy_(staged)
+        if staged is not data:
+            data.copy_(staged)
 
 
 def all_gather_objects(value: Any, info: DistInfo) -> list[Any]:
