@@ -112,6 +112,9 @@ def print_table(report: dict) -> None:
     for name, value in report["ratios"].items():
         print(f"{name}: {value:.2f}x")
     for key, row in res.items():
+        if "grad_all_reduce_ms" in row:
+            print(f"{key}: one gradient all-reduce of {row['grad_bytes'] / 1e6:.0f} MB took {row['grad_all_reduce_ms']:.2f} ms")
+    for key, row in res.items():
         print(f"loss ({key}): " + " ".join(f"{x:.4f}" for x in row["losses"]))
     keys = list(res)
     for i, a in enumerate(keys):
@@ -219,8 +222,17 @@ def lorafleet_steps(model, data, counts, info, args) -> dict:
         return float(all_reduce_sum(total, info)) / global_count
 
     losses, seconds, allocated, reserved = timed(run_step, data, counts, args.warmup)
-    return row_result(losses, seconds, allocated, reserved, args, micro=plan.micro_batch, recompute=plan.recompute,
-                      graphs=plan.cuda_graphs, plan=plan.summary(), replays=runner.replays if runner else 0)
+    result = row_result(losses, seconds, allocated, reserved, args, micro=plan.micro_batch, recompute=plan.recompute,
+                        graphs=plan.cuda_graphs, plan=plan.summary(), replays=runner.replays if runner else 0)
+    if info.enabled:  # after the timed steps: what one gradient all-reduce costs on this host's link
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            all_reduce_gradients(params, info)
+        torch.cuda.synchronize()
+        result["grad_all_reduce_ms"] = (time.perf_counter() - start) / 10 * 1e3
+        result["grad_bytes"] = sum(p.grad.numel() * p.grad.element_size() for p in params)
+    return result
 
 
 def row_result(losses, seconds, allocated, reserved, args, *, micro, recompute, graphs, plan, replays=0) -> dict:

@@ -67,6 +67,7 @@ run_multi() {
   local out=${OUT:-$PWD/gpu-out}
   mkdir -p "$out"
   setup_env
+  nvidia-smi topo -m 2>&1 | tee "$out/gpu-topology.txt" || true  # how the GPUs are linked (NVLink or PCIe)
   local status=0
   python3 -m pytest -m gpu -p no:cacheprovider -rA "${MULTI_TESTS[@]}" --junitxml "$out/gpu-multi-tests.xml" 2>&1 \
     | tee "$out/gpu-multi-tests.log" || status=$?
