@@ -9,6 +9,9 @@
 #   scripts/gpu-tests.sh run [--bench]     # on the GPU machine, with .whl/ and .gpu-files/ copied beside the code:
 #                                          #   installs the wheels into /tmp/site, runs `pytest -m gpu` on the train
 #                                          #   tests; --bench then runs benchmarks/train_gpu.py --rows a,b --variants exact
+#   scripts/gpu-tests.sh run-multi [--bench]   # on a machine with 2 GPUs, the same way: the 2-GPU tests (torchrun,
+#                                          #   NCCL); --bench then runs benchmarks/train_gpu_multi.py (1 vs 2 GPUs and
+#                                          #   the seed's stack on 2 GPUs; about 4 minutes on 2 H200s)
 #
 # The GPU machine this was written for (see BENCHMARKS.md) has Python 3.12, torch with CUDA, transformers, peft,
 # triton, pytest, typer, rich, pyarrow and pyyaml, but not bitsandbytes, liger-kernel, pydantic or SQLAlchemy:
@@ -17,7 +20,8 @@
 # .gpu-files/cache/models/<name>/ and `run` points LORAFLEET_CACHE there (the weights are not needed).
 #
 # Results go to $OUT (default ./gpu-out): gpu-tests.log and gpu-tests.xml, and with --bench train_gpu.log and
-# train_gpu.json. The exit status is the tests' (then the benchmark's, if the tests passed).
+# train_gpu.json (run-multi: gpu-multi-tests.log/.xml, train_gpu_multi.log/.json). The exit status is the
+# tests' (then the benchmark's, if the tests passed).
 # Both folders are git-ignored. Environment: PYTHON (prepare; default .venv/bin/python or python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +29,7 @@ cd "$(dirname "$0")/.."
 WHEELS=(bitsandbytes==0.50.2 liger-kernel==0.8.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
         typing-inspection==0.4.5 sqlalchemy==2.1.9 greenlet==3.5.6)
 TESTS=(tests/train/fast tests/train/test_trainer_cuda.py)
+MULTI_TESTS=(tests/train/test_trainer_multi_gpu.py)
 
 prepare() {
   local python=${PYTHON:-}
@@ -46,15 +51,39 @@ prepare() {
   echo "prepared: carry .whl and .gpu-files to the GPU machine, then run: scripts/gpu-tests.sh run [--bench]"
 }
 
-run() {
-  local bench=${1:-}
-  local out=${OUT:-$PWD/gpu-out}
-  mkdir -p "$out"
+setup_env() {
   [ -d .whl ] && [ -d .gpu-files/cache ] || { echo "run 'scripts/gpu-tests.sh prepare' first (needs .whl and .gpu-files)" >&2; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   export LORAFLEET_CACHE="$PWD/.gpu-files/cache" PYTHONUNBUFFERED=1
+  # NVLink multicast stays off on shared hosts (NCCL, PyTorch symmetric memory, NVSHMEM).
+  export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
+    NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
   nvidia-smi -L || true
+}
+
+run_multi() {
+  local bench=${1:-}
+  local out=${OUT:-$PWD/gpu-out}
+  mkdir -p "$out"
+  setup_env
+  nvidia-smi topo -m 2>&1 | tee "$out/gpu-topology.txt" || true  # how the GPUs are linked (NVLink or PCIe)
+  local status=0
+  python3 -m pytest -m gpu -p no:cacheprovider -rA "${MULTI_TESTS[@]}" --junitxml "$out/gpu-multi-tests.xml" 2>&1 \
+    | tee "$out/gpu-multi-tests.log" || status=$?
+  if [ "$bench" = "--bench" ]; then
+    local bench_status=0
+    python3 benchmarks/train_gpu_multi.py --out "$out" 2>&1 | tee "$out/train_gpu_multi.log" || bench_status=$?
+    [ "$status" -ne 0 ] || status=$bench_status
+  fi
+  return "$status"
+}
+
+run() {
+  local bench=${1:-}
+  local out=${OUT:-$PWD/gpu-out}
+  mkdir -p "$out"
+  setup_env
   python3 -c 'import torch, transformers, peft, bitsandbytes, liger_kernel; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "bitsandbytes", bitsandbytes.__version__)' \
     || echo "warning: a package the GPU tests use does not import (see above)" >&2
   local status=0
@@ -72,5 +101,6 @@ run() {
 case "${1:-}" in
   prepare) prepare ;;
   run) run "${2:-}" ;;
-  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  run-multi) run_multi "${2:-}" ;;
+  *) sed -n '2,25p' "$0" >&2; exit 2 ;;
 esac

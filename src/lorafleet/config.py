@@ -43,7 +43,7 @@ class SpeedupConfig(BaseModel):
         True, description="RMSNorm and SiLU·mul as Triton kernels (liger-kernel; off with a note if they fail their check)"
     )
     fused_cross_entropy: bool = Field(
-        True, description="one process: the loss from hidden states in chunks, never building the logits"
+        True, description="the loss from hidden states in chunks, never building the logits"
     )
     frozen_bf16: bool = Field(
         False,
@@ -58,7 +58,7 @@ class SpeedupConfig(BaseModel):
     )
     cuda_graphs: bool = Field(
         True,
-        description="one process, no recompute: replay each pass's forward + backward from a CUDA graph, captured per "
+        description="no recompute (any number of processes): replay each pass's forward + backward from a CUDA graph, captured per "
         "row length (rows right-padded to a multiple of 64, no attention mask; exact for causal LM)",
     )
     paged_optimizer: bool = Field(

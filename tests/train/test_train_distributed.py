@@ -13,7 +13,7 @@ from prepared_data import read_metrics
 from safetensors.torch import load_file
 
 from lorafleet.config import load_train_config
-from lorafleet.artifact import verify_artifact
+from lorafleet.artifact import load_manifest, verify_artifact
 from lorafleet.train.trainer import train_adapter
 
 BIN = Path(sys.executable).parent
@@ -38,6 +38,8 @@ def test_two_processes_match_one(tiny_model: Path, tiny_data: Path, tmp_path: Pa
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert verify_artifact(ddp) == []
+    plans = load_manifest(single).speedup_plan, load_manifest(ddp).speedup_plan
+    assert [(p["world_size"], p["global_batch"]) for p in plans] == [(1, 4), (2, 4)]  # the manifest records both
 
     one, two = read_metrics(single), read_metrics(ddp)
     assert [(r["type"], r["step"]) for r in one] == [(r["type"], r["step"]) for r in two]

@@ -106,3 +106,12 @@ def test_lists_every_problem_at_once():
     except PreflightError as exc:
         error = exc
     assert error is not None and len(error.problems) == 5  # fp16+nf4, no CUDA, no bitsandbytes, fp16 on CPU, context
+
+
+def test_refuses_offload_recompute_on_several_processes_before_weights_load():
+    offload = TrainConfig(quantization="nf4", speedups={"recompute": "offload"})
+    assert preflight(offload, report(), MODEL, H200).precision == "bf16"  # one process: the long-context mode
+    with pytest.raises(PreflightError, match="pinned host memory.*2 processes would each pin") as info:
+        preflight(offload, report(), MODEL, H200, world_size=2)
+    assert "speedups.recompute to auto or attention" in str(info.value)
+    assert preflight(TrainConfig(quantization="nf4"), report(), MODEL, H200, world_size=2).precision == "bf16"

@@ -66,6 +66,7 @@ def train(
     from lorafleet.config import ConfigError, load_train_config
     from lorafleet.data.dataset import DatasetError
     from lorafleet.train.checkpoint import CheckpointError
+    from lorafleet.train.fast.plan import PlanError
     from lorafleet.train.preflight import PreflightError
     from lorafleet.train.save import OutputError
     from lorafleet.train.trainer import train_adapter
@@ -79,7 +80,7 @@ def train(
             _merge_setting(overrides, setting)
         config = load_train_config(config_file, overrides)
         manifest = train_adapter(data, out, config)
-    except (ConfigError, PreflightError, OutputError, DatasetError, ModelError, CheckpointError) as exc:
+    except (ConfigError, PreflightError, PlanError, OutputError, DatasetError, ModelError, CheckpointError) as exc:
         fail(str(exc))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports

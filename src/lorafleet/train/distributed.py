@@ -3,6 +3,12 @@
 With WORLD_SIZE > 1 in the environment (torchrun sets it) the process group is initialised from
 the environment, gloo on CPU and NCCL on CUDA. A single process needs no process group; the helpers
 below then degrade to no-ops so the training loop has one code path.
+
+Every tensor collective goes through ``all_reduce_sum``, which moves its tensor to the device the group's
+backend works on (NCCL: this process's GPU; gloo: the CPU) and back: a CPU tensor handed to NCCL fails
+with "No backend type associated with device type cpu" on the first step. Gradients are not reduced by
+DDP hooks but once per optimizer step, after every pass (``all_reduce_gradients``): the LoRA gradients are
+small, and nothing then runs inside a pass, so a pass can be replayed from a CUDA graph on every process.
 """
 
 from __future__ import annotations
@@ -55,11 +61,63 @@ def training_device(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+def backend_device(backend: str, cuda_index: int | None) -> torch.device:
+    """The device a collective's tensors must live on for ``backend``: the process's GPU for NCCL, else the CPU."""
+    if backend == "nccl":
+        if cuda_index is None:
+            raise RuntimeError("the NCCL backend needs a CUDA device in this process")
+        return torch.device("cuda", cuda_index)
+    return torch.device("cpu")
+
+
+def collective_device() -> torch.device:
+    """``backend_device`` of the initialised process group."""
+    backend = str(dist.get_backend())
+    return backend_device(backend, torch.cuda.current_device() if backend == "nccl" else None)
+
+
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over all processes (in place when distributed); returns it."""
-    if info.enabled:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    """Sum ``value`` over all processes, in place (staged through the backend's device); returns it."""
+    if not info.enabled:
+        return value
+    staged = value.to(collective_device())
+    dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+    if staged is not value:
+        value.copy_(staged)
     return value
+
+
+def all_reduce_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Sum the gradients of ``params`` over all processes, one flat all-reduce per gradient dtype.
+
+    The loop divides each pass's loss by the step's global trained-token count, so the sum (not the mean)
+    is the gradient of the global loss, and N processes × micro-batch m update as 1 process × N·m does.
+    A parameter without a gradient contributes zeros. Runs between passes, never inside a captured graph.
+    """
+    if not info.enabled:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in group]), info)
+        for p, part in zip(group, flat.split([p.numel() for p in group]), strict=True):
+            p.grad.copy_(part.view_as(p.grad))  # in place: a CUDA graph's replay adds into these same tensors
+
+
+def broadcast_parameters(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Rank 0's values of ``params`` on every process (the adapter starts identical everywhere)."""
+    if not info.enabled:
+        return
+    device = collective_device()
+    for p in params:
+        data = p.detach()  # the parameter's storage, outside autograd
+        staged = data.to(device)  # `data` itself when it is already on the backend's device
+        dist.broadcast(staged, src=0)
+        if staged is not data:
+            data.copy_(staged)
 
 
 def all_gather_objects(value: Any, info: DistInfo) -> list[Any]:

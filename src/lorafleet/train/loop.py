@@ -1,9 +1,10 @@
 """The training loop: optimizer steps over length-grouped batches, evaluation, early stopping, checkpoints.
 
 Loss is the mean over trained tokens of the whole optimizer step — every micro-batch of every
-process — so results do not depend on how a global batch is split into micro-batches or processes
-(each process divides its token-loss sum by the global token count; DDP averages, so we scale by
-the world size to turn that average back into the sum).
+process — so results do not depend on how a global batch is split into micro-batches or processes:
+each process divides its token-loss sum by the global token count, and after the step's last pass the
+gradients are summed over processes once (``all_reduce_gradients``, one flat buffer, outside any CUDA
+graph), so N processes with micro-batch m update as one process with N·m does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lorafleet.train.batching import (
 )
 from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
 from lorafleet.train.data import TrainData
-from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_gradients, all_reduce_sum, broadcast_object
 from lorafleet.train.fast.graphs import PassGraphs
 from lorafleet.train.fast.plan import SpeedupPlan
 from lorafleet.train.progress import RunLogger
@@ -36,8 +37,7 @@ class PassLoss:
     """The summed next-token loss of one forward pass, its backward graph attached (a pass = up to
     ``plan.micro_batch`` rows). The fused path takes it from hidden states, never building the logits."""
 
-    model: torch.nn.Module  # the PEFT model (unwrapped)
-    forward_model: torch.nn.Module  # what forward/backward go through: DDP(model) or the model itself
+    model: torch.nn.Module  # the PEFT model (unwrapped: processes sum gradients after the passes, no DDP)
     autocast_dtype: torch.dtype | None
     fused: bool
 
@@ -55,7 +55,7 @@ class PassLoss:
             with self.autocast(device):
                 return hidden_state_loss_sum(self.model, inputs.pop("input_ids"), batch["labels"], **inputs)[0]
         with self.autocast(device):
-            logits = self.forward_model(**inputs, use_cache=False).logits
+            logits = self.model(**inputs, use_cache=False).logits
         return causal_lm_loss_sum(logits, batch["labels"])
 
 
@@ -144,23 +144,22 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         dtype=torch.float64,
     )
     trained_tokens, input_tokens = all_reduce_sum(counts, run.dist).tolist()
+    scale = 1.0 / max(trained_tokens, 1)  # the global count: the processes' gradients are summed below
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # read back once, after the last pass
-    run.loss.forward_model.train()
-    for i, mb in enumerate(samples):
+    run.model.train()
+    for mb in samples:
         batch = _collate(run, mb)
-        if run.graphs is not None:  # one process, no scaler (trainer.setup): forward + backward in one replay
-            loss_sum += run.graphs.run(batch, run.dist.world_size / max(trained_tokens, 1)).double()
+        if run.graphs is not None:  # no scaler (the plan): forward + backward in one replay
+            loss_sum += run.graphs.run(batch, scale).double()
             continue
-        last = i == len(samples) - 1
-        sync = contextlib.nullcontext() if last or not run.dist.enabled else run.loss.forward_model.no_sync()
-        with sync:
-            token_loss = run.loss(batch)
-            loss = token_loss / max(trained_tokens, 1) * run.dist.world_size
-            (run.scaler.scale(loss) if run.scaler else loss).backward()
+        token_loss = run.loss(batch)
+        loss = token_loss * scale
+        (run.scaler.scale(loss) if run.scaler else loss).backward()
         loss_sum += token_loss.detach().double()
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    all_reduce_gradients(params, run.dist)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
-    params = [p for p in run.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm)
     if run.scaler:
         run.scaler.step(run.optimizer)
@@ -169,7 +168,7 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=run.graphs is None)  # a graph adds into the same .grad tensors
-    total = all_reduce_sum(loss_sum.cpu(), run.dist).item()
+    total = all_reduce_sum(loss_sum, run.dist).item()
     return total / max(trained_tokens, 1), int(input_tokens), float(grad_norm)
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 
 from lorafleet.config import TrainConfig
 from lorafleet.data.dataset import PrepareReport
+from lorafleet.train.fast.plan import data_parallel_problem
 
 ResolvedPrecision = Literal["bf16", "fp16", "fp32"]
 
@@ -91,8 +92,10 @@ def resolve_precision(config: TrainConfig, device: DeviceInfo) -> ResolvedPrecis
     return "fp32"
 
 
-def preflight(config: TrainConfig, report: PrepareReport, model: ModelInfo, device: DeviceInfo) -> PreflightResult:
-    """Check a run before any compute; returns the resolved precision or raises PreflightError with every problem."""
+def preflight(config: TrainConfig, report: PrepareReport, model: ModelInfo, device: DeviceInfo,
+              world_size: int = 1) -> PreflightResult:
+    """Check a run of ``world_size`` processes before any compute; returns the resolved precision or raises
+    PreflightError with every problem."""
     problems: list[str] = []
     warnings: list[str] = []
     precision = resolve_precision(config, device)
@@ -142,6 +145,9 @@ def preflight(config: TrainConfig, report: PrepareReport, model: ModelInfo, devi
             "--packing needs flash-attention (varlen attention through position_ids) so that packed samples "
             "never attend to each other; it is not available here, train without --packing"
         )
+    parallel = data_parallel_problem(config, world_size)
+    if parallel:
+        problems.append(parallel)
     if config.dora:
         warnings.append("DoRA adapters train, but vLLM cannot serve them; lorafleet serve will refuse this artifact")
     if config.max_steps is None and config.eval_every is None and config.early_stopping_patience is not None:

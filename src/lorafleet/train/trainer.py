@@ -20,7 +20,7 @@ from lorafleet.models import load_tokenizer, resolve_model
 from lorafleet.train.build import DTYPES, attach_adapter, build_optimizer, load_base_model, use_expandable_segments
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.data import TrainData, open_prepared
-from lorafleet.train.distributed import DistInfo, barrier, init_distributed, training_device
+from lorafleet.train.distributed import DistInfo, barrier, broadcast_parameters, init_distributed, training_device
 from lorafleet.train.fast import FastPath, enable_speedups
 from lorafleet.train.fast.graphs import PassGraphs
 from lorafleet.train.loop import PassLoss, Run, StepHook, fit, total_steps
@@ -46,7 +46,7 @@ def train_adapter(
     data = open_prepared(data_dir)
     ref = resolve_model(config.model)
     model_info = ModelInfo.read(ref.path)
-    checked = preflight(config, data.report, model_info, DeviceInfo.detect())
+    checked = preflight(config, data.report, model_info, DeviceInfo.detect(), dist.world_size)
     if dist.is_main:
         for warning in checked.warnings:
             Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -89,14 +89,12 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
     fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row)
     if dist.is_main:
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
-    forward_model = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);
+    # the loop then sums gradients over processes once per step, so the copies stay identical.
+    broadcast_parameters([p for p in model.parameters() if p.requires_grad], dist)
     # QLoRA computes in bf16 whatever the storage precision.
     autocast = torch.bfloat16 if config.quantization == "nf4" else None if checked.precision == "fp32" else DTYPES[checked.precision]
-    loss = PassLoss(model, forward_model, autocast, fast.plan.fused_loss)
+    loss = PassLoss(model, autocast, fast.plan.fused_loss)
     steps = total_steps(config, [len(s.input_ids) for s in data.train], dist.world_size)
     optimizer, scheduler = build_optimizer(model, fast.plan.optimizer, config, steps)
     run_key = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_RUN_KEY}

@@ -133,7 +133,6 @@ def test_bf16_tables_are_exact_and_leave_other_tables_alone():
 
 def test_capture_problem_names_what_keeps_a_pass_from_a_cuda_graph():
     assert capture_problem("none") is None
-    assert "DDP" in capture_problem("none", distributed=True)
     assert "fp16" in capture_problem("none", loss_scaling=True)
     assert "packing" in capture_problem("none", packing=True)
     assert "attention" in capture_problem("attention") and "offload" in capture_problem("offload")

@@ -10,7 +10,7 @@ import pytest
 from lorafleet.config import SpeedupConfig, TrainConfig
 from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
 from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token
-from lorafleet.train.fast.plan import SpeedupPlan, plan_speedups
+from lorafleet.train.fast.plan import PlanError, SpeedupPlan, plan_speedups
 
 GB = 10**9
 LLAMA_8B = ModelDims(hidden=4096, intermediate=14336, kv_dim=1024, layers=32)
@@ -41,10 +41,11 @@ def make(config: dict | None = None, speedups: dict | None = None, device: Devic
     return plan_speedups(train, precision, device, world, model, row_tokens, budget)
 
 
-def needs(mode: str, rows: int, tokens: int = 2048) -> int:
-    """The budget that activations of `rows` rows need under `mode`, plus the plan's fixed part."""
+def needs(mode: str, rows: int, tokens: int = 2048, world: int = 1) -> int:
+    """The budget that activations of `rows` rows need under `mode`, plus the plan's fixed part (with the
+    flat fp32 gradient copy that several processes all-reduce)."""
     saved = QLORA_8B.bf16_table_bytes
-    fixed = H200.allocated_bytes - saved + 12 * QLORA_8B.trainable_params + 512 * 2**20
+    fixed = H200.allocated_bytes - saved + (12 + 4 * (world > 1)) * QLORA_8B.trainable_params + 512 * 2**20
     return fixed + rows * tokens * activation_bytes_per_token(LLAMA_8B, mode, True, 4)
 
 
@@ -60,8 +61,27 @@ CASES = {
         fast=True, micro_batch=2, recompute="none", cuda_graphs=True, pad_multiple=64, fused_loss=True,
         triton_kernels=True, rope_kernel=True, fused_lora=True, fused_mlp=True, storage="bf16-tables",
         optimizer="adamw8bit", reasons=()), ""),
-    "several processes": (dict(world=2), dict(fast=True, cuda_graphs=False, fused_loss=False, pad_multiple=None),
-                          "several processes"),
+    # Several processes sum their gradients after the passes, outside the graphs: every speed-up stays on.
+    "several processes": (dict(world=2), dict(
+        fast=True, micro_batch=2, recompute="none", cuda_graphs=True, pad_multiple=64, fused_loss=True,
+        triton_kernels=True, storage="bf16-tables", optimizer="adamw8bit", world_size=2, global_batch=4, reasons=()), ""),
+    "several processes, gradient accumulation": (dict(world=4, config={"grad_accum": 3}),
+                                                 dict(cuda_graphs=True, world_size=4, global_batch=24), ""),
+    "several processes within the seed stack's peak": (dict(world=2, budget=SEED_STACK_PEAK), dict(
+        micro_batch=1, recompute="none", cuda_graphs=True), ""),
+    "several processes: the all-reduce copy counts in the memory": (
+        dict(world=2, budget=needs("none", 1)), dict(micro_batch=1, recompute="attention", cuda_graphs=False),
+        "(needed to fit the memory)"),
+    "several processes, exactly enough for the copy": (
+        dict(world=2, budget=needs("none", 1, world=2)), dict(micro_batch=1, recompute="none", cuda_graphs=True), ""),
+    "several processes on the CPU": (dict(device=CPU, world=2, config={"quantization": "none"}),
+                                     dict(fast=False, world_size=2, global_batch=4), "CUDA-only"),
+    "several processes, offload asked": (dict(world=2, speedups={"recompute": "offload"}), PlanError,
+                                         "pinned host memory"),
+    "several processes, only offload fits": (dict(world=2, budget=needs("attention", 1, world=2) - 1), PlanError,
+                                             "only with speedups.recompute offload"),
+    "one process, offload asked": (dict(speedups={"recompute": "offload"}), dict(recompute="offload",
+                                                                                 world_size=1), ""),
     "packing": (dict(config={"packing": True}), dict(fast=True, cuda_graphs=False), "packing"),
     "fp16": (dict(config={"quantization": "none"}, precision="fp16", model=dataclasses.replace(
         BF16_8B, bf16_table_bytes=1000)), dict(fast=True, cuda_graphs=False, storage="as-loaded",
@@ -125,6 +145,10 @@ for arch in ("gemma", "gemma2", "granite"):
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_plan(case: str):
     arguments, expected, words = CASES[case]
+    if isinstance(expected, type):  # a refused run: the error and words of its message
+        with pytest.raises(expected, match=words):
+            make(**arguments)
+        return
     plan = make(**arguments)
     assert {k: getattr(plan, k) for k in expected} == expected, plan
     reasons = " ".join(plan.reasons)
@@ -156,6 +180,8 @@ def test_describe_and_summary():
     assert line.startswith("CUDA speed-ups:") and "CUDA graphs on" in line and "micro-batch 2 of 2 rows" in line
     plain = make(device=CPU, config={"quantization": "none"})
     assert "plain transformers + PEFT path" in plain.describe() and "CUDA-only" in plain.describe()
-    off = make(world=2)
-    assert "CUDA graphs off: several processes" in off.describe()
+    two = make(world=2, config={"grad_accum": 2})
+    assert "CUDA graphs on" in two.describe() and "2 processes, global batch 8 rows" in two.describe()
+    assert "1 process, global batch 2 rows" in line
+    assert json.loads(json.dumps(two.summary()))["world_size"] == 2 and two.summary()["global_batch"] == 8
     assert json.loads(json.dumps(plan.summary()))["cuda_graphs"] is True  # the manifest stores it as JSON

@@ -25,7 +25,8 @@ shape copies its tensors into the graph's static inputs and replays. What makes 
 
 Same results: a replay runs the kernels the eager pass ran, on the same inputs. Not captured: the
 optimizer step, gradient clipping and evaluation (eager, between replays). Whether graphs run at all
-is the plan's decision (``plan.py``: one process, no recompute, no loss scaling, no packing, ...).
+is the plan's decision (``plan.py``: no recompute, no loss scaling, no packing, ...); on several processes the
+gradients are summed after the passes, outside the graphs (``train/distributed.py``).
 
 Memory: before a capture the allocator's cached blocks are handed back (``torch.cuda.empty_cache``), so
 the eager warm-up passes' blocks and the graph's private pool are not both held at the peak.
@@ -115,7 +116,9 @@ class PassGraphs:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # the warm-up passes' cached blocks: not held beside the graph's pool
         self._stream = self._stream or torch.cuda.Stream()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+        # thread_local: this thread may make no unsafe call while capturing, but other threads may; under
+        # torchrun, NCCL's watchdog thread queries the events of earlier collectives at any time.
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
             loss = self.loss_fn(inputs)
             (loss * scale).backward()
         if any(p.grad is not g for p, g in zip(self.params, grads, strict=True)):

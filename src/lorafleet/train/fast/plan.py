@@ -9,6 +9,12 @@ The order of the decision: CPU or switched off → plain path; an architecture o
 path; then storage, kernels, loss, CUDA graphs (and why not), and the memory plan (micro-batch and
 recompute, ``memory.py``), which prefers no recompute when graphs would run; graphs then run only when
 the memory plan needs no recompute. The optimizer is chosen on every path.
+
+Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
+once per optimizer step outside every pass (``train/distributed.py``), so graphs, the fused loss and the
+rest apply as on one process, with one more gradient-sized buffer in memory. A configuration that cannot
+run on several processes is refused (``data_parallel_problem``), before the weights load when the config
+alone says so.
 """
 
 from __future__ import annotations
@@ -24,8 +30,13 @@ from lorafleet.train.fast.memory import MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM,
 
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
+REDUCE_BYTES_PER_PARAM = 4  # several processes: the flat fp32 copy of the gradients that is all-reduced
 PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
 FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
+
+
+class PlanError(ValueError):
+    """The run is refused: the message says why and what to change."""
 
 
 @dataclass(frozen=True)
@@ -46,21 +57,26 @@ class SpeedupPlan:
     storage: Storage = "as-loaded"
     pad_multiple: int | None = None  # rows right-padded to a multiple of this, without a mask (graphs)
     architecture: str = ""
+    world_size: int = 1  # processes (torchrun), each planned for its own GPU
+    global_batch: int = 0  # rows per optimizer step over all processes: batch_size × grad_accum × world_size
     reasons: tuple[str, ...] = ()  # why something asked for does not apply, one line each
 
     def describe(self) -> str:
         """One line for the training log."""
         if not self.fast:
             head = f"speed-ups: plain transformers + PEFT path (recompute {self.recompute}"
-            return head + f", micro-batch {self.micro_batch} of {self.rows} rows, optimizer {self.optimizer})" + \
-                "".join(f"; {r}" for r in self.reasons)
+            return head + f", micro-batch {self.micro_batch} of {self.rows} rows, optimizer {self.optimizer}, " + \
+                f"{self._processes()})" + "".join(f"; {r}" for r in self.reasons)
         on = lambda flag: "on" if flag else "off"  # noqa: E731
         parts = [f"fused path ({self.architecture})", f"fused LoRA linears {on(self.fused_lora)}",
                  f"fused MLPs {on(self.fused_mlp)}", f"Triton kernels {on(self.triton_kernels)}",
                  f"RoPE kernel {on(self.rope_kernel)}", f"fused loss {on(self.fused_loss)}",
                  f"CUDA graphs {on(self.cuda_graphs)}", f"storage {self.storage}", f"recompute {self.recompute}",
-                 f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}"]
+                 f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}", self._processes()]
         return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {r}" for r in self.reasons)
+
+    def _processes(self) -> str:
+        return f"{self.world_size} process{'es' if self.world_size > 1 else ''}, global batch {self.global_batch} rows"
 
     def summary(self) -> dict[str, object]:
         """The plan as plain JSON values (the manifest's ``speedup_plan``)."""
@@ -69,17 +85,24 @@ class SpeedupPlan:
         return values
 
 
-def capture_problem(recompute: str, distributed: bool = False, loss_scaling: bool = False,
-                    packing: bool = False) -> str | None:
-    """Why a training pass cannot be captured as a CUDA graph, or None when it can."""
-    if distributed:
-        return "several processes (DDP hooks run in backward)"
+def capture_problem(recompute: str, loss_scaling: bool = False, packing: bool = False) -> str | None:
+    """Why a training pass cannot be captured as a CUDA graph, or None when it can. Several processes are
+    no problem: their gradients are summed after the passes, outside the graphs."""
     if loss_scaling:
         return "fp16 loss scaling"
     if packing:
         return "packing (flash-attention reads sample boundaries on the host)"
     if recompute != "none":  # a recomputed pass would redraw its device dropout seeds
         return f"recompute {recompute} (recomputed passes redraw dropout seeds)"
+    return None
+
+
+def data_parallel_problem(config: TrainConfig, world_size: int) -> str | None:
+    """Why ``config`` cannot train on ``world_size`` processes, or None. Needs no weights: preflight asks it."""
+    if world_size > 1 and config.speedups.enabled and config.speedups.recompute == "offload":
+        return (f"speedups.recompute offload keeps every layer's input in pinned host memory, sized for one process "
+                f"per host; {world_size} processes would each pin that much: train with one process, or set "
+                "speedups.recompute to auto or attention")
     return None
 
 
@@ -111,13 +134,18 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
                   row_tokens: int, memory_budget: int | None = None) -> SpeedupPlan:
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
     with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
-    peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O."""
+    peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O.
+    Raises PlanError for a run that cannot work on ``world_size`` processes."""
+    problem = data_parallel_problem(config, world_size)
+    if problem:
+        raise PlanError(problem)
     s = config.speedups
     rows = config.batch_size
     fixed_micro = s.micro_batch if isinstance(s.micro_batch, int) else None
     plain = SpeedupPlan(fast=False, rows=rows, micro_batch=fixed_micro or rows,
                         recompute="transformers" if config.gradient_checkpointing else "none",
-                        optimizer=choose_optimizer(config, device), architecture=model.model_type)
+                        optimizer=choose_optimizer(config, device), architecture=model.model_type,
+                        world_size=world_size, global_batch=rows * config.grad_accum * world_size)
     problem = plain_path_reason(config, device, model)
     if problem:
         return dataclasses.replace(plain, reasons=(problem,))
@@ -136,13 +164,12 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     rope = s.triton_rope and triton and device.rope_problem is None
     if s.triton_rope and triton and device.rope_problem:
         reasons.append(device.rope_problem)
-    fused_loss = s.fused_cross_entropy and world_size == 1 and not model.head_has_lora
+    fused_loss = s.fused_cross_entropy and not model.head_has_lora
     if s.fused_cross_entropy and not fused_loss:
-        reasons.append("fused loss off: " + ("several processes (DDP runs its own forward)" if world_size > 1
-                                             else "the head has a LoRA adapter"))
+        reasons.append("fused loss off: the head has a LoRA adapter")
     graphs_problem = None
     if s.cuda_graphs:
-        graphs_problem = (capture_problem("none", world_size > 1, precision == "fp16", config.packing)
+        graphs_problem = (capture_problem("none", precision == "fp16", config.packing)
                           or padding_problem(model)
                           or (device.dropout_problem if config.lora_dropout > 0 else None))
         if graphs_problem:
@@ -158,12 +185,18 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     head_bf16 = (model.head_is_bf16 or (storage == "frozen-bf16" and model.head_is_frozen_fp32)
                  or (storage == "bf16-tables" and model.head_is_bf16_table))
     fixed = allocated + TRAINABLE_BYTES_PER_PARAM * model.trainable_params + MARGIN_BYTES
+    if world_size > 1:
+        fixed += REDUCE_BYTES_PER_PARAM * model.trainable_params
     if fused_loss and not head_bf16:
         fixed += 2 * model.head_numel
     residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
     fused_mlp = s.fused_mlp and s.fused_lora
     micro, recompute = plan_micro_batch(rows, tokens, model.dims, budget - fixed, s.recompute, fixed_micro,
                                         triton and fused_mlp, residual_bytes, no_recompute_first=wants_graphs)
+    if recompute == "offload" and world_size > 1:  # auto found nothing else that fits
+        raise PlanError(f"{rows} rows of {tokens} tokens fit this GPU's memory only with speedups.recompute offload, "
+                        f"which needs one process per host (pinned host memory); on {world_size} processes lower "
+                        "batch_size or the dataset's max_seq_length, or train with one process")
     graphs = wants_graphs and recompute == "none"
     if wants_graphs and not graphs:
         why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
@@ -172,5 +205,5 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
         fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, fused_loss=fused_loss,
         cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None,
-        architecture=model.model_type, reasons=tuple(reasons),
+        architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, reasons=tuple(reasons),
     )
