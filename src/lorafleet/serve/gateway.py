@@ -26,6 +26,7 @@ from lorafleet.registry.fleet import FleetView, read_fleet
 from lorafleet.registry.keys import KeySnapshot, read_key_snapshot
 from lorafleet.serve import admin
 from lorafleet.serve.auth import AuthState, Principal, require_admin, require_key, visible_models
+from lorafleet.serve.breaker import Breakers
 from lorafleet.serve.config import FleetConfig
 from lorafleet.serve.engine import EngineManager
 from lorafleet.serve.engine_metrics import scrape_engines
@@ -57,7 +58,8 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=5.0)) as client:
             pool = ReplicaPool(client, metrics, capacity, config.load_timeout_s, config.fallback_cooldown_s)
-            state = GatewayState(config, pool, metrics, RequestLog(log_path), base_name, FleetView(None, {}, {}), AuthState(config.auth))
+            state = GatewayState(config, pool, metrics, RequestLog(log_path), base_name, FleetView(None, {}, {}), AuthState(config.auth),
+                                 Breakers(config.breaker.failures, config.breaker.cooldown_s))
             app.state.gateway = state
             await refresh_fleet(state, fleet_reader, key_reader)
             announce_auth(state.auth)
@@ -106,8 +108,9 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     async def ready(request: Request) -> JSONResponse:
         state: GatewayState = request.app.state.gateway
         healthy = state.pool.healthy_names()
-        body = {"replicas_healthy": len(healthy), "replicas": len(state.pool.replicas), "registry": state.fleet_read_ok}
-        ok = bool(healthy) and state.fleet_read_ok
+        body = {"replicas_healthy": len(healthy), "replicas": len(state.pool.replicas), "registry": state.fleet_read_ok,
+                "draining": state.draining}
+        ok = bool(healthy) and state.fleet_read_ok and not state.draining
         return JSONResponse({"status": "ready" if ok else "not ready", **body}, status_code=200 if ok else 503)
 
     @app.get("/metrics", dependencies=[Depends(metrics_access)])

@@ -27,9 +27,10 @@ class EmptyStream(Exception):
 class StreamRelay:
     """Wraps an engine's streaming response (status 200, body not yet read)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool):
+    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool, idle_s: float | None = None):
         self.upstream = response
         self.client_wants_usage = client_wants_usage
+        self.idle_s = idle_s  # longest wait for the next event once streaming
         self.usage: dict | None = None
         self._events = sse_events(response.content.iter_any())
 
@@ -54,7 +55,11 @@ class StreamRelay:
         error: str | None = None
         try:
             yield first
-            async for event in self._events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self._events.__anext__(), self.idle_s)
+                except StopAsyncIteration:
+                    break
                 if self._keep(event):
                     yield event
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
