@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +33,7 @@ from lorafleet.serve.engine import EngineManager
 from lorafleet.serve.engine_metrics import scrape_engines
 from lorafleet.serve.errors import GatewayError, error_body
 from lorafleet.serve.metrics import GatewayMetrics
+from lorafleet.serve.openapi import CHAT_REQUEST, COMPLETION_REQUEST, request_body
 from lorafleet.serve.proxy import GatewayState, handle
 from lorafleet.serve.replicas import ReplicaPool
 from lorafleet.serve.requestlog import RequestLog
@@ -81,14 +83,14 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
                     manager.stop_all()
                 state.request_log.close()
 
-    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.include_router(admin.router)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(CHAT_REQUEST))
     async def chat_completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
         return await handle(request.app.state.gateway, request, "chat.completions", principal)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(COMPLETION_REQUEST))
     async def completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
         return await handle(request.app.state.gateway, request, "completions", principal)
 
@@ -124,6 +126,12 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return JSONResponse(error_body(f"{param or 'request'}: {first.get('msg', 'invalid')}", "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
