@@ -12,16 +12,15 @@ cancels the engine request (the connection to the engine is closed, which vLLM t
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import random
 import secrets
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -29,7 +28,8 @@ from fastapi.responses import Response
 from lorafleet.registry.fleet import FleetView
 from lorafleet.serve.auth import AuthState, Principal, may_use, visible_models
 from lorafleet.serve.breaker import Breakers
-from lorafleet.serve.clamps import RequestLimits, body_too_large, check_max_tokens, check_request, parse_request
+from lorafleet.serve.clamps import RequestLimits, check_max_tokens, check_request, parse_request
+from lorafleet.serve.client import ClientGone, read_body, unless_client_leaves
 from lorafleet.serve.config import FleetConfig, timeouts_for
 from lorafleet.serve.errors import GatewayError, draining, engine_unavailable, model_not_found
 from lorafleet.serve.limits import apply_adapter_limit, needs_check
@@ -45,10 +45,6 @@ Endpoint = Literal["chat.completions", "completions"]
 PATHS: dict[Endpoint, str] = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 ATTEMPTS = 2  # the first replica, then one retry on another
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer started."""
 
 
 @dataclass
@@ -130,49 +126,12 @@ def parse_body(raw: bytes, endpoint: Endpoint, limits: RequestLimits | None = No
     return body
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes (never read whole into memory first)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise body_too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise body_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _context(state: GatewayState, target: Target) -> int | None:
     """The most tokens the target can ever hold: its adapter's training length, else the engines' context."""
     if target.version is not None and target.version.max_seq_length:
         return target.version.max_seq_length
     lengths = [r.max_model_len for r in state.pool.replicas.values() if r.healthy and r.max_model_len]
     return min(lengths) if lengths else None
-
-
-async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
-    """Run `work`, cancelling it (and so closing its engine connection) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):  # whatever it was doing, nobody is waiting for it now
-        pass
-    raise ClientGone()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def dispatch(state: GatewayState, target: Target, body: dict, endpoint: Endpoint, record: RequestRecord,
