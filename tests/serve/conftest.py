@@ -67,7 +67,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, embedded_model: Path) -> Ite
 @pytest.fixture(scope="session")
 def keys(fleet: Fleet) -> dict[str, dict[str, str]]:
     """Authorization headers of three keys in the fleet's registry: a rate-limited tenant, another tenant, an admin."""
-    tokens = {"team": create_key(fleet, "--tenant", "team-a", "--aliases", "greet", "--rpm", "3"),
+    tokens = {"team": create_key(fleet, "--tenant", "team-a", "--aliases", "greet", "--rpm", "2"),
               "other": create_key(fleet, "--tenant", "team-b", "--aliases", "canary,greet"),
               "admin": create_key(fleet, "--tenant", "ops", "--admin")}
     return {name: {"Authorization": f"Bearer {token}"} for name, token in tokens.items()}

@@ -58,6 +58,9 @@ class DrainingServer(uvicorn.Server):
         if self.drain_deadline is not None and not self.should_exit and state is not None:
             if drain_over(state.quotas.total_in_flight, time.monotonic(), self.drain_deadline):
                 left = state.quotas.total_in_flight
-                log.info("drained" if not left else "drain timeout: %d request(s) still in flight are cut off", left)
+                if left > 0:
+                    log.warning("drain timeout: %d request(s) still in flight are cut off", left)
+                else:
+                    log.info("drained: no request in flight")
                 self.should_exit = True
         return await super().on_tick(counter)
