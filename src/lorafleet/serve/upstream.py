@@ -4,7 +4,8 @@
 that another replica may not share: the connection failed (the replica is marked down), the engine
 answered 5xx, or a stream's first event did not come within `first_token_s`. The caller retries once
 on another replica. A 4xx from the engine is the client's and is answered as is; an unstreamed
-answer that overruns `total_s` is a 504 (the engine did the work; it is not sent twice).
+answer that overruns `total_s` is a 504 (the engine did the work; it is not sent twice). A request waiting on
+a replica that fails its health check meanwhile (a stalled engine) is abandoned and retried likewise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 from fastapi.responses import Response
@@ -27,6 +29,7 @@ from lorafleet.serve.streaming import EmptyStream, StreamRelay
 # ClientConnectionErrors too; each call site catches asyncio.TimeoutError first.)
 REPLICA_GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 Finish = Callable[[RequestRecord], None]
+T = TypeVar("T")
 
 
 class RetryElsewhere(Exception):
@@ -58,9 +61,8 @@ async def forward(client: aiohttp.ClientSession, replica: Replica, url: str, ups
     first_token = asyncio.timeout(timeouts.first_token_s if stream else None)
     try:
         async with first_token:
-            response = await client.post(url, data=json.dumps(upstream), headers=replica.post_headers, timeout=timeout)
+            response, content = await unless_down(replica, _exchange(client, url, upstream, replica, timeout, stream))
             if response.status != 200:
-                content = await _read_and_close(response)
                 if response.status == 404 and on_adapter and b"does not exist" in content:
                     raise AdapterGone()
                 error = from_engine(response.status, content)
@@ -68,7 +70,6 @@ async def forward(client: aiohttp.ClientSession, replica: Replica, url: str, ups
                     raise RetryElsewhere(f"HTTP {response.status}", error)
                 raise error
             if not stream:
-                content = await _read_and_close(response)
                 record_usage(record, _usage_of(content))
                 finish(record)
                 return Response(content=content, media_type="application/json", headers=headers)
@@ -95,6 +96,37 @@ async def forward(client: aiohttp.ClientSession, replica: Replica, url: str, ups
         finish(record)
 
     return relay.streaming_response(first, headers, on_end=end)
+
+
+async def _exchange(client: aiohttp.ClientSession, url: str, upstream: dict, replica: Replica, timeout: aiohttp.ClientTimeout,
+                    stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+    """Send the request; read the whole answer unless it is a stream that started (its body is relayed)."""
+    response = await client.post(url, data=json.dumps(upstream), headers=replica.post_headers, timeout=timeout)
+    if stream and response.status == 200:
+        return response, b""
+    return response, await _read_and_close(response)
+
+
+async def unless_down(replica: Replica, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, abandoned when the replica fails its health check meanwhile (a stalled engine never answers; the
+    request has sent the client nothing yet, so it goes to another replica)."""
+    task = asyncio.ensure_future(work)
+    down = asyncio.ensure_future(replica.down.wait())
+    try:
+        await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        down.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # its connection is dropped; nobody waits for the answer
+        pass
+    raise unreachable("the replica failed its health check while the request waited")
 
 
 async def _read_and_close(response: aiohttp.ClientResponse) -> bytes:
