@@ -86,13 +86,16 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.include_router(admin.router)
 
+    # `arrived_draining` comes first: whether the request arrived after SIGTERM, not after its key was checked
     @app.post("/v1/chat/completions", openapi_extra=request_body(CHAT_REQUEST))
-    async def chat_completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
-        return await handle(request.app.state.gateway, request, "chat.completions", principal)
+    async def chat_completions(request: Request, late: bool = Depends(arrived_draining),
+                               principal: Principal = Depends(require_key)) -> Response:
+        return await handle(request.app.state.gateway, request, "chat.completions", principal, late)
 
     @app.post("/v1/completions", openapi_extra=request_body(COMPLETION_REQUEST))
-    async def completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
-        return await handle(request.app.state.gateway, request, "completions", principal)
+    async def completions(request: Request, late: bool = Depends(arrived_draining),
+                          principal: Principal = Depends(require_key)) -> Response:
+        return await handle(request.app.state.gateway, request, "completions", principal, late)
 
     @app.get("/v1/models")
     async def models(request: Request, principal: Principal = Depends(require_key)) -> JSONResponse:
@@ -142,6 +145,10 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
         return JSONResponse(body, status_code=exc.status_code)
 
     return app
+
+
+async def arrived_draining(request: Request) -> bool:
+    return request.app.state.gateway.draining
 
 
 def announce_auth(auth: AuthState) -> None:

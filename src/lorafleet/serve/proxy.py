@@ -71,14 +71,15 @@ class GatewayState:
         return f"{self.id_prefix}-{next(self.ids):x}"
 
 
-async def handle(state: GatewayState, request: Request, endpoint: Endpoint, principal: Principal) -> Response:
-    """Answer one completion request for `principal` (see the module docstring); every outcome is recorded."""
+async def handle(state: GatewayState, request: Request, endpoint: Endpoint, principal: Principal, arrived_draining: bool = False) -> Response:
+    """Answer one completion request for `principal` (see the module docstring); every outcome is recorded.
+    `arrived_draining`: the request came after SIGTERM (it is refused; one that came before is served)."""
     started = time.perf_counter()
     record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
                            endpoint=endpoint, alias=UNKNOWN_ALIAS, tenant=principal.tenant)
     headers = {"x-request-id": record.request_id}
     try:
-        if state.draining:
+        if arrived_draining:
             raise draining()
         limits = state.config.limits
         body = parse_body(await read_body(request, limits.max_body_bytes), endpoint, limits)
