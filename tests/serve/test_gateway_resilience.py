@@ -79,7 +79,8 @@ def test_a_client_that_leaves_aborts_its_engine_request(guarded: Attached, keys:
             time.sleep(0.2)
         generated = engine_metric(guarded, admin, "vllm:generation_tokens_total") - before
         assert generated < 150, f"{generated} tokens generated for a client that left after ~1 s"
-    assert any(r["status"] == 499 for r in guarded.records())
+    left = [r for r in guarded.records() if r["status"] == 499]
+    assert {r["stream"] for r in left} == {True, False}, left  # both logged as the client's leaving
 
 
 def test_a_stalled_replica_times_out_and_fails_over(fleet: Fleet, guarded: Attached, keys: dict) -> None:
@@ -148,3 +149,19 @@ def test_sigterm_drains_requests_in_flight(fleet: Fleet, keys: dict, tmp_path: P
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining" and refused.headers["retry-after"]
     assert code == -signal.SIGTERM, tail(gateway.log)
     assert "drained" in gateway.log.read_text()
+
+
+def test_a_second_sigterm_stops_at_once(fleet: Fleet, keys: dict, tmp_path: Path) -> None:
+    with attached_gateway(fleet, tmp_path / "stop", drain_timeout_s=300) as gateway:
+        with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", headers=keys["admin"], timeout=120, json={
+                "model": "greet", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True}) as response:
+            lines = response.iter_lines()  # kept: dropping the iterator would close the connection
+            next(lines)  # a long answer is streaming
+            gateway.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert gateway.process.poll() is None  # draining: it waits for the stream (up to 300 s)
+            signalled = time.monotonic()
+            gateway.process.send_signal(signal.SIGTERM)
+            code = gateway.process.wait(timeout=30)
+        assert time.monotonic() - signalled < 10 and code == -signal.SIGTERM, tail(gateway.log)
+    assert "second signal: stopping now" in gateway.log.read_text()

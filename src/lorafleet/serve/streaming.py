@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from lorafleet.serve.errors import error_body
 
 EndHook = Callable[[dict | None, str | None], None]  # (usage, error) when the stream ends, however it ends
+CLIENT_LEFT = "the client disconnected before the answer ended"  # the error a stream ends with when its client left
 
 
 class EmptyStream(Exception):
@@ -57,7 +58,7 @@ class StreamRelay:
         if not self.ended:
             self.ended = True
             self.upstream.close()
-            on_end(self.usage, "the client left before the stream started")
+            on_end(self.usage, CLIENT_LEFT)
 
     async def _relay(self, first: bytes, on_end: EndHook) -> AsyncIterator[bytes]:
         error: str | None = None
@@ -75,6 +76,9 @@ class StreamRelay:
             error = f"the engine failed mid-stream ({type(exc).__name__})"
             payload = error_body(f"The engine failed while streaming the answer: {type(exc).__name__}.", "engine_error", code="engine_error")
             yield f"data: {json.dumps(payload)}\n\n".encode()
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: Starlette stops the relay
+            error = CLIENT_LEFT
+            raise
         finally:
             self.upstream.close()  # a no-op after a complete read; drops the connection if the client left early
             on_end(self.usage, error)

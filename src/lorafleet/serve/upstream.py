@@ -23,7 +23,7 @@ from lorafleet.serve.config import Timeouts
 from lorafleet.serve.errors import GatewayError, from_engine
 from lorafleet.serve.replicas import Replica
 from lorafleet.serve.requestlog import RequestRecord
-from lorafleet.serve.streaming import EmptyStream, StreamRelay
+from lorafleet.serve.streaming import CLIENT_LEFT, EmptyStream, StreamRelay
 
 # Failures that mean the replica is gone, not that the request was bad. (aiohttp's timeouts are
 # ClientConnectionErrors too; each call site catches asyncio.TimeoutError first.)
@@ -92,7 +92,7 @@ async def forward(client: aiohttp.ClientSession, replica: Replica, url: str, ups
         on_stream_end()
         record_usage(record, usage)
         if error:
-            record.status, record.error = 502, error
+            record.status, record.error = (499 if error == CLIENT_LEFT else 502), error
         finish(record)
 
     return relay.streaming_response(first, headers, on_end=end)
