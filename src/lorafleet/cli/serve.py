@@ -26,6 +26,9 @@ def serve(
     engine_api_key: list[str] = typer.Option(
         [], "--engine-api-key", help="API key of the attached servers: one for all, or one per --engine-url in order."
     ),
+    auth: str | None = typer.Option(
+        None, "--auth", help="required | none | auto (default: required once `lorafleet keys create` made a key; none only for a loopback demo)."
+    ),
     print_engine_command: bool = typer.Option(
         False, "--print-engine-command", help="Print the derived vLLM command of each replica and start nothing."
     ),
@@ -37,7 +40,7 @@ def serve(
 
     try:
         engines = _engines(engine_url, engine_api_key)
-        config = load_fleet_config(config_file, {"host": host, "port": port, "replicas": replicas, "engines": engines})
+        config = load_fleet_config(config_file, {"host": host, "port": port, "replicas": replicas, "engines": engines, "auth": auth})
         planned = plan_fleet(config)
     except (FleetConfigError, ServeError, EnginePlanError, ValueError) as exc:
         fail(str(exc))
@@ -48,7 +51,10 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call would drown the gateway's own
     where = f"{len(config.engines)} attached engine(s)" if config.engines else f"{config.replicas} replica(s) (about a minute to start)"
     err_console.print(f"lorafleet gateway on http://{config.host}:{config.port} with {where}", highlight=False)
-    run(build_gateway(config, planned), config)
+    app, manager = build_gateway(config, planned)
+    if config.auth == "none":
+        err_console.print("[yellow]--auth none:[/] every request is served without an API key; use it only on loopback", highlight=False)
+    run(app, config, manager)
 
 
 def _engines(urls: list[str], keys: list[str]) -> list[dict] | None:

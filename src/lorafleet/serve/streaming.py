@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from lorafleet.serve.errors import error_body
 
 EndHook = Callable[[dict | None, str | None], None]  # (usage, error) when the stream ends, however it ends
+CLIENT_LEFT = "the client disconnected before the answer ended"  # the error a stream ends with when its client left
 
 
 class EmptyStream(Exception):
@@ -27,9 +28,10 @@ class EmptyStream(Exception):
 class StreamRelay:
     """Wraps an engine's streaming response (status 200, body not yet read)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool):
+    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool, idle_s: float | None = None):
         self.upstream = response
         self.client_wants_usage = client_wants_usage
+        self.idle_s = idle_s  # longest wait for the next event once streaming
         self.usage: dict | None = None
         self._events = sse_events(response.content.iter_any())
 
@@ -48,19 +50,35 @@ class StreamRelay:
             raise
 
     def streaming_response(self, first: bytes, headers: dict[str, str], on_end: EndHook) -> StreamingResponse:
-        return StreamingResponse(self._relay(first, on_end), media_type="text/event-stream", headers=headers)
+        self.ended = False
+        return RelayResponse(self, on_end, self._relay(first, on_end), media_type="text/event-stream", headers=headers)
+
+    def abandon(self, on_end: EndHook) -> None:
+        """The response was dropped before its first chunk (the client left just then): end it here instead."""
+        if not self.ended:
+            self.ended = True
+            self.upstream.close()
+            on_end(self.usage, CLIENT_LEFT)
 
     async def _relay(self, first: bytes, on_end: EndHook) -> AsyncIterator[bytes]:
         error: str | None = None
+        self.ended = True  # from here the finally below ends the stream
         try:
             yield first
-            async for event in self._events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self._events.__anext__(), self.idle_s)
+                except StopAsyncIteration:
+                    break
                 if self._keep(event):
                     yield event
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             error = f"the engine failed mid-stream ({type(exc).__name__})"
             payload = error_body(f"The engine failed while streaming the answer: {type(exc).__name__}.", "engine_error", code="engine_error")
             yield f"data: {json.dumps(payload)}\n\n".encode()
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: Starlette stops the relay
+            error = CLIENT_LEFT
+            raise
         finally:
             self.upstream.close()  # a no-op after a complete read; drops the connection if the client left early
             on_end(self.usage, error)
@@ -78,6 +96,21 @@ class StreamRelay:
             self.usage = usage
             return self.client_wants_usage or bool(chunk.get("choices"))
         return True
+
+
+class RelayResponse(StreamingResponse):
+    """A StreamingResponse that ends its relay even when it is cancelled before iterating the body (a body
+    generator that never started never runs its `finally`): the engine request and its bookkeeping are released."""
+
+    def __init__(self, relay: StreamRelay, on_end: EndHook, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.relay, self.on_end = relay, on_end
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.relay.abandon(self.on_end)
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
