@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from lorafleet.registry.fleet import FleetView, read_fleet
+from lorafleet.serve import console
 from lorafleet.serve.config import FleetConfig
 from lorafleet.serve.engine import EngineManager
 from lorafleet.serve.engine_metrics import scrape_engines
@@ -107,6 +108,8 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     @app.get("/metrics/engines")
     async def engine_metrics(request: Request) -> Response:
         return Response(await scrape_engines(request.app.state.gateway.pool), media_type=CONTENT_TYPE_LATEST)
+
+    console.install(app, lambda state: refresh_fleet(state, fleet_reader))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
