@@ -29,7 +29,7 @@ const cell = (text) => { const td = document.createElement("td"); td.textContent
 
 function lineChart(element, title, xs, named, yLabel) {
   // named: [[label, values], ...]; uPlot draws nulls as gaps.
-  const series = [{}].concat(named.map(([label], i) => ({label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: title === "step", points: {show: title === "step"}})));
+  const series = [{}].concat(named.map(([label], i) => ({label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: title === "step", points: {show: true, size: 5}})));
   const opts = {width: Math.max(320, element.clientWidth || 480), height: 220, series,
                 scales: {x: {time: title !== "step"}}, axes: [{}, {label: yLabel}]};
   element.replaceChildren();
