@@ -86,13 +86,22 @@ def test_stream_breaking_after_first_byte_ends_with_an_error_event(registry: Pat
     assert record["status"] == 502 and record["stream"] is True
 
 
-def test_client_api_keys(registry: Path, tmp_path: Path, fake_engine: str) -> None:
-    with start_gateway([{"url": fake_engine}], tmp_path, api_keys=["k-1", "k-2"]) as url:
+def test_registry_keys_and_revocation(registry: Path, tmp_path: Path, fake_engine: str) -> None:
+    from lorafleet.registry.keys import create_key, revoke_key
+
+    key, token = create_key("team-a", None)
+    with start_gateway([{"url": fake_engine}], tmp_path) as url:
         wait_for(url, 1)
         body = {"model": "smollm2-135m-instruct", "messages": QUESTION}
         missing = httpx.post(f"{url}/v1/chat/completions", json=body)
-        wrong = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
-        right = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer k-2"})
-    assert missing.status_code == wrong.status_code == 401
-    assert missing.json()["error"]["code"] == "invalid_api_key"
+        wrong = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token[:-2]}xx"})
+        right = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+        revoke_key(key.key_id)
+        revoked_at = time.monotonic()
+        while httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"}).status_code == 200:
+            assert time.monotonic() - revoked_at < 2.0, "revocation not effective within 2 s"
+            time.sleep(0.05)
+        after = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert missing.status_code == wrong.status_code == after.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key" and after.json() == missing.json()
     assert right.status_code == 200

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lorafleet.cli import adapters, data, demo, serve, train
+from lorafleet.cli import adapters, data, demo, keys, serve, train
 from lorafleet.cli import eval as eval_cli  # the module is named for its command, not the builtin
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(data.model_app, name="model")
 data.register(app)
 train.register(app)
 app.add_typer(adapters.adapters_app, name="adapters")
+app.add_typer(keys.keys_app, name="keys")
 app.command("demo")(demo.demo)
 serve.register(app)
 eval_cli.register(app)

@@ -26,6 +26,9 @@ def serve(
     engine_api_key: list[str] = typer.Option(
         [], "--engine-api-key", help="API key of the attached servers: one for all, or one per --engine-url in order."
     ),
+    auth: str | None = typer.Option(
+        None, "--auth", help="required | none | auto (default: required once `lorafleet keys create` made a key; none only for a loopback demo)."
+    ),
     print_engine_command: bool = typer.Option(
         False, "--print-engine-command", help="Print the derived vLLM command of each replica and start nothing."
     ),
@@ -37,7 +40,7 @@ def serve(
 
     try:
         engines = _engines(engine_url, engine_api_key)
-        config = load_fleet_config(config_file, {"host": host, "port": port, "replicas": replicas, "engines": engines})
+        config = load_fleet_config(config_file, {"host": host, "port": port, "replicas": replicas, "engines": engines, "auth": auth})
         planned = plan_fleet(config)
     except (FleetConfigError, ServeError, EnginePlanError, ValueError) as exc:
         fail(str(exc))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    Column, Connection, DateTime, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
+    Boolean, Column, Connection, DateTime, Index, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
 )
 
 metadata = MetaData()
@@ -63,10 +63,27 @@ alias_routes = Table(
     Index("ix_alias_routes_target", "name", "version"),
 )
 
+# Gateway API keys: only a salted scrypt hash of each secret is stored (registry.keys); `aliases` is a
+# JSON list of the aliases the key may use, NULL for every alias. A revoked key keeps its row.
+api_keys = Table(
+    "api_keys", metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("aliases", Text),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("max_concurrency", Integer),
+    Column("admin", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     lambda conn: metadata.create_all(
         conn, tables=[base_model, adapter_names, adapter_versions, alias_revisions, alias_routes]
     ),
+    lambda conn: metadata.create_all(conn, tables=[api_keys]),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

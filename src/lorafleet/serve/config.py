@@ -8,7 +8,7 @@ derived by `serve.flags`, never configured.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -46,9 +46,11 @@ class FleetConfig(BaseModel):
     engines: list[EngineEndpoint] = Field(
         default_factory=list, description="attach to these vLLM servers instead of starting replicas"
     )
-    api_keys: list[str] = Field(
-        default_factory=list, description="bearer tokens clients must send; empty = no authentication"
+    auth: Literal["auto", "required", "none"] = Field(
+        "auto", description="client API keys (lorafleet keys): auto = required once the registry holds any key; "
+        "none = open, for a loopback demo only"
     )
+    metrics_require_admin: bool = Field(False, description="serve /metrics and /metrics/engines to admin keys only")
     max_loras: int = Field(4, ge=1, description="most adapters one engine batch may mix (vLLM --max-loras cap)")
     max_cpu_loras: int = Field(
         16, ge=1, description="most adapters one replica keeps loaded; beyond it the least recently used is unloaded"

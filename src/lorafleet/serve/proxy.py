@@ -27,6 +27,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from lorafleet.registry.fleet import FleetView
+from lorafleet.serve.auth import AuthState, Principal, may_use, visible_models
 from lorafleet.serve.config import FleetConfig
 from lorafleet.serve.errors import (
     GatewayError, bad_request, engine_unavailable, from_engine, model_not_found,
@@ -35,7 +36,7 @@ from lorafleet.serve.limits import apply_adapter_limit, needs_check
 from lorafleet.serve.metrics import UNKNOWN_ALIAS, GatewayMetrics
 from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.requestlog import RequestLog, RequestRecord
-from lorafleet.serve.routing import Target, fallback_messages, rank_replicas, resolve, served_models
+from lorafleet.serve.routing import Target, fallback_messages, rank_replicas, resolve
 from lorafleet.serve.streaming import EmptyStream, StreamRelay
 
 log = logging.getLogger("lorafleet.serve.gateway")
@@ -64,7 +65,9 @@ class GatewayState:
     request_log: RequestLog
     base_name: str
     fleet: FleetView
+    auth: AuthState
     fleet_read_ok: bool = False
+    draining: bool = False  # after the first SIGTERM: not ready, new requests get 503
     rng: random.Random = field(default_factory=random.Random)
     id_prefix: str = field(default_factory=lambda: secrets.token_hex(4))  # this gateway process
     ids: Iterator[int] = field(default_factory=itertools.count)
@@ -73,22 +76,23 @@ class GatewayState:
         return f"{self.id_prefix}-{next(self.ids):x}"
 
 
-async def handle(state: GatewayState, request: Request, endpoint: Endpoint) -> Response:
-    """Answer one completion request (see the module docstring); every outcome is recorded."""
+async def handle(state: GatewayState, request: Request, endpoint: Endpoint, principal: Principal) -> Response:
+    """Answer one completion request for `principal` (see the module docstring); every outcome is recorded."""
     started = time.perf_counter()
     record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
                            endpoint=endpoint, alias=UNKNOWN_ALIAS)
     headers = {"x-request-id": record.request_id}
     try:
-        authenticate(state.config, request)
         body = parse_body(await request.body(), endpoint)
         record.stream = bool(body.get("stream"))
         if state.config.log_prompts:
             record.prompt = body.get("messages", body.get("prompt"))
         sticky = request.headers.get("x-session-id") or (body["user"] if isinstance(body.get("user"), str) else None)
-        target = resolve(body["model"], state.fleet, state.base_name, sticky, state.rng)
+        # an alias the key may not use answers exactly like one that does not exist: names do not leak
+        visible = may_use(principal, body["model"], state.fleet, state.base_name)
+        target = resolve(body["model"], state.fleet, state.base_name, sticky, state.rng) if visible else None
         if target is None:
-            raise model_not_found(body["model"], served_models(state.fleet, state.base_name))
+            raise model_not_found(body["model"], visible_models(principal, state.fleet, state.base_name))
         record.alias, record.canary = target.alias, target.canary
         record.version = target.key
         if target.canary:
@@ -104,15 +108,6 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint) -> R
         record.status, record.error = 500, error.message
         finish(state, record, started)
         return error.response(headers)
-
-
-def authenticate(config: FleetConfig, request: Request) -> None:
-    if not config.api_keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.encode(), key.encode()) for key in config.api_keys):
-        raise GatewayError(401, "Missing or invalid API key: send Authorization: Bearer <key>.", "invalid_request_error",
-                           code="invalid_api_key")
 
 
 def parse_body(raw: bytes, endpoint: Endpoint) -> dict:
