@@ -1,20 +1,24 @@
 """Benchmark: does the web console cost `/v1` requests anything? The serve benchmark's gateway row
-(row 3 of serve.py: an instant canned upstream, called directly and through `lorafleet serve`) run
-against the gateway before the console (a git ref, extracted to a temporary folder) and against this
-tree, alternating A-B-B-A… in one invocation so drifting machine load hits both alike.
+(row 3 of serve.py: the same instant canned upstream, load generator and request counts), run against
+the gateway before the console (a git ref, extracted to a temporary folder) and against this tree,
+alternating A-B-B-A… in one invocation so that drifting machine load hits both sides alike.
 
-    .venv/bin/python benchmarks/console_overhead.py --before b52fa3a --rounds 2
+    .venv/bin/python benchmarks/console_overhead.py --before a0d4113 --rounds 2
 
-Prints the added p50 at concurrency 1 (gateway minus direct, same run) and the requests/s ceiling
-of each run, their medians per side, and the after/before ratios; raw per-run JSON from serve.py goes
-into --out.
+Both sides authenticate the benchmark's client with an API key from the registry (`lorafleet keys`),
+so the ref must have keys (the default is the keys commit the console was built on). For each run:
+the added p50 at concurrency 1 (gateway minus a direct call measured just before it) and the
+requests/s ceiling at concurrency 64; then the medians per side and the after/before ratios. Raw
+per-run results go into --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -22,31 +26,52 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from serve import ALIASES, MESSAGES, fire, free_port, registry, start, stop, wait_http  # noqa: E402
+
+from lorafleet.models import EMBEDDED_DEFAULT, resolve_model  # noqa: E402
 
 
 def extract(ref: str, dest: Path) -> Path:
     """The source tree at git `ref`, extracted into `dest` (nothing in this checkout changes)."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True).stdout
+    dest.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src"
 
 
-def gateway_row(src: Path, out: Path, args: argparse.Namespace) -> dict:
-    """serve.py --rows 3 with `src` first on the path (the gateway subprocess inherits it)."""
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    subprocess.run([sys.executable, str(HERE / "serve.py"), "--rows", "3", "--load-repeats", "1", "--serial-requests",
-                    str(args.serial_requests), "--ceiling-requests", str(args.ceiling_requests), "--out", str(out)],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())["gateway"]
+def measure(url: str, headers: dict | None, args: argparse.Namespace) -> dict:
+    body = {"model": ALIASES[0], "messages": MESSAGES, "max_tokens": 8}
+    asyncio.run(fire(url, [body] * 200, 8, headers))  # warm-up
+    return {"concurrency_1": asyncio.run(fire(url, [body] * args.serial_requests, 1, headers)),
+            "ceiling": asyncio.run(fire(url, [body] * args.ceiling_requests, args.ceiling_concurrency, headers))}
 
 
-def summary(gateway: dict) -> dict:
-    direct, lorafleet = gateway["direct"], gateway["lorafleet"]
+def gateway_run(src: Path, work: Path, canned_url: str, token: str, args: argparse.Namespace, name: str) -> dict:
+    """The direct call, then `lorafleet serve` from `src` in front of the canned upstream."""
+    direct = measure(f"{canned_url}/v1/chat/completions", None, args)
+    port = free_port()
+    config = work / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"port": port, "engines": [{"url": canned_url}]}))
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
+    log = work / f"{name}.log"
+    gateway = start([sys.executable, "-m", "lorafleet.cli", "serve", "--config", str(config)], env, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", gateway, log)
+        through = measure(f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {token}"}, args)
+    finally:
+        stop(gateway)
+    return {"direct": direct, "lorafleet": through}
+
+
+def summary(run: dict) -> dict:
+    direct, lorafleet = run["direct"], run["lorafleet"]
     return {"added_p50_ms": (lorafleet["concurrency_1"]["p50_s"] - direct["concurrency_1"]["p50_s"]) * 1000,
             "ceiling_rps": lorafleet["ceiling"]["requests_per_s"], "direct_ceiling_rps": direct["ceiling"]["requests_per_s"],
             "errors": lorafleet["concurrency_1"]["errors"] + lorafleet["ceiling"]["errors"]}
@@ -54,29 +79,44 @@ def summary(gateway: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="b52fa3a", help="git ref of the gateway without the console")
-    parser.add_argument("--rounds", type=int, default=2, help="A-B-B-A rounds: each round runs both sides once")
+    parser.add_argument("--before", default="a0d4113", help="git ref of the gateway without the console (with API keys)")
+    parser.add_argument("--rounds", type=int, default=2, help="each round runs both sides once, in alternating order")
     parser.add_argument("--serial-requests", type=int, default=500)
     parser.add_argument("--ceiling-requests", type=int, default=4000)
+    parser.add_argument("--ceiling-concurrency", type=int, default=64)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "console_overhead_cpu.json")
     args = parser.parse_args()
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="lorafleet-console-bench-") as tmp:
-        sides = {"before": extract(args.before, Path(tmp)), "after": ROOT / "src"}
-        for round_ in range(args.rounds):
-            order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
-            for side in order:
-                gateway = gateway_row(sides[side], Path(tmp) / "run.json", args)
-                runs.append({"side": side, "round": round_, **summary(gateway), "raw": gateway})
-                print(f"round {round_} {side}: {runs[-1]['added_p50_ms']:.2f} ms added p50, {runs[-1]['ceiling_rps']:.0f} req/s", flush=True)
+        work = Path(tmp)
+        registry(work / "home", resolve_model(EMBEDDED_DEFAULT).path, ALIASES[:1], aliases=True)
+        from lorafleet.registry.keys import create_key
+
+        _, token = create_key("bench", None, None, None, None, False)
+        sides = {"before": extract(args.before, work / "before"), "after": ROOT / "src"}
+        canned_port = free_port()
+        canned_url = f"http://127.0.0.1:{canned_port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        canned = start([sys.executable, str(HERE / "serve.py"), "--canned-server", str(canned_port)], env, work / "canned.log")
+        try:
+            wait_http(f"{canned_url}/health", canned, work / "canned.log")
+            for round_ in range(args.rounds):
+                for side in (["before", "after"] if round_ % 2 == 0 else ["after", "before"]):
+                    raw = gateway_run(sides[side], work, canned_url, token, args, f"{side}-{round_}")
+                    runs.append({"side": side, "round": round_, **summary(raw), "raw": raw})
+                    print(f"round {round_} {side}: +{runs[-1]['added_p50_ms']:.2f} ms p50, {runs[-1]['ceiling_rps']:.0f} req/s", flush=True)
+        finally:
+            stop(canned)
     medians = {side: {key: statistics.median(r[key] for r in runs if r["side"] == side) for key in ("added_p50_ms", "ceiling_rps")}
                for side in ("before", "after")}
     results = {"date": date.today().isoformat(), "command": " ".join(["benchmarks/console_overhead.py", *sys.argv[1:]]),
-               "before_ref": args.before, "machine": machine(), "runs": runs, "medians": medians}
+               "before_ref": args.before, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                      "platform": platform.platform(terse=True)},
+               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "medians": medians, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    table = Table("run", "added p50, concurrency 1", "ceiling req/s (concurrency 64)", "direct ceiling", "errors",
-                  title="gateway cost before / after the console (canned upstream)")
+    table = Table("run", "added p50, concurrency 1", f"ceiling req/s (concurrency {args.ceiling_concurrency})", "direct ceiling",
+                  "errors", title="gateway cost before / after the console (canned upstream)")
     for r in runs:
         table.add_row(f"{r['side']} (round {r['round']})", f"{r['added_p50_ms']:.2f} ms", f"{r['ceiling_rps']:.0f}",
                       f"{r['direct_ceiling_rps']:.0f}", str(r["errors"]))
@@ -85,12 +125,6 @@ def main() -> None:
     table.add_row("[bold]after / before[/]", f"{medians['after']['added_p50_ms'] / medians['before']['added_p50_ms']:.2f}x",
                   f"{medians['after']['ceiling_rps'] / medians['before']['ceiling_rps']:.2f}x", "", "")
     Console(width=140).print(table)
-
-
-def machine() -> dict:
-    import platform
-
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(terse=True)}
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from serve_fleet import PHRASE_V1, Fleet, free_port, tail, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
-ADMIN_KEY = "console-admin-key-for-tests"
-TENANT_KEY = "console-tenant-key-for-tests"
 ALIAS = "console"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -43,6 +41,8 @@ class ConsoleFleet:
     url: str
     env: dict[str, str]
     request_log: Path
+    admin_key: str
+    tenant_key: str
 
 
 def attached_engines(gateway_pid: int) -> list[dict]:
@@ -70,20 +70,21 @@ def console_fleet(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = work / "home"
     copy_registry(fleet.home, home)
     env = {k: v for k, v in fleet.env.items() if k != "LORAFLEET_REGISTRY_URL"}
-    env.update(LORAFLEET_HOME=str(home), LORAFLEET_CONSOLE_ADMIN_KEY=ADMIN_KEY)
-    subprocess.run([sys.executable, "-m", "lorafleet.cli", "adapters", "alias", "set", ALIAS, "greeter@v1"], env=env, check=True,
-                   capture_output=True)
+    env["LORAFLEET_HOME"] = str(home)
+    cli(env, "adapters", "alias", "set", ALIAS, "greeter@v1")
+    admin_key = cli(env, "keys", "create", "--tenant", "ops", "--admin").strip()
+    tenant_key = cli(env, "keys", "create", "--tenant", "acme", "--aliases", ALIAS).strip()
     engines = attached_engines(fleet.process.pid)
     assert len(engines) == 2, engines
     port = free_port()
     config = work / "fleet.yaml"
-    config.write_text(yaml.safe_dump({"port": port, "engines": engines, "api_keys": [TENANT_KEY], "health_interval_s": 0.5,
+    config.write_text(yaml.safe_dump({"port": port, "engines": engines, "auth": "required", "health_interval_s": 0.5,
                                       "registry_poll_s": 0.5, "request_log": str(work / "requests.jsonl")}))
     log = work / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "lorafleet.cli", "serve", "--config", str(config)], env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
-    running = ConsoleFleet(f"http://127.0.0.1:{port}", env, work / "requests.jsonl")
+    running = ConsoleFleet(f"http://127.0.0.1:{port}", env, work / "requests.jsonl", admin_key, tenant_key)
     try:
         wait_ready(Fleet(running.url, home, process, log, running.request_log, env), replicas=2, timeout_s=120)
         yield running
@@ -95,6 +96,13 @@ def console_fleet(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Ite
             process.kill()
             process.wait()
         assert process.returncode in (0, -signal.SIGTERM), tail(log)
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    """`lorafleet ARGS` as a user runs it; its stdout."""
+    done = subprocess.run([sys.executable, "-m", "lorafleet.cli", *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +133,7 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> None:
         shutil.copyfile(path, target / path.name)
 
 
-def log_in(page: Page, key: str = ADMIN_KEY) -> None:
+def log_in(page: Page, key: str) -> None:
     page.goto("/ui")
     expect(page).to_have_url(re.compile(r".*/ui/login$"))
     page.fill("#key", key)
@@ -134,14 +142,12 @@ def log_in(page: Page, key: str = ADMIN_KEY) -> None:
 
 def history(console_fleet: ConsoleFleet) -> list[dict]:
     """`lorafleet adapters history` as a user runs it: the console's changes must show there."""
-    out = subprocess.run([sys.executable, "-m", "lorafleet.cli", "adapters", "history", ALIAS, "--json"], env=console_fleet.env,
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return json.loads(cli(console_fleet.env, "adapters", "history", ALIAS, "--json"))
 
 
 def adapters_answering(console_fleet: ConsoleFleet, n: int, start: int = 0) -> list[str]:
     """`x-lorafleet-adapter` of n real /v1 requests for the alias, one user each (sticky picks, so the split is reproducible)."""
-    with httpx.Client(base_url=console_fleet.url, headers={"Authorization": f"Bearer {TENANT_KEY}"}, timeout=120) as client:
+    with httpx.Client(base_url=console_fleet.url, headers={"Authorization": f"Bearer {console_fleet.tenant_key}"}, timeout=120) as client:
         seen = []
         for i in range(start, start + n):
             response = client.post("/v1/chat/completions", json={"model": ALIAS, "messages": QUESTION, "max_tokens": 1, "user": f"user-{i}"})
@@ -150,8 +156,8 @@ def adapters_answering(console_fleet: ConsoleFleet, n: int, start: int = 0) -> l
         return seen
 
 
-def test_login_then_fleet_shows_replicas_and_alias_routing(page: Page, tmp_path: Path) -> None:
-    log_in(page)
+def test_login_then_fleet_shows_replicas_and_alias_routing(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
+    log_in(page, console_fleet.admin_key)
     expect(page).to_have_url(re.compile(r".*/ui/fleet$"))
     expect(page.locator("#replicas .pill.up")).to_have_count(2)
     row = page.locator(f'#alias-routing tr[data-alias="{ALIAS}"]')
@@ -163,11 +169,11 @@ def test_login_then_fleet_shows_replicas_and_alias_routing(page: Page, tmp_path:
 
 
 def test_tenant_key_cannot_open_the_console(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
-    log_in(page, TENANT_KEY)
+    log_in(page, console_fleet.tenant_key)
     expect(page.locator("#login-error")).to_contain_text("not an admin key")
     assert not [c for c in page.context.cookies() if c["name"] == "lorafleet_console"]
     screenshot(page, tmp_path, "console-login")
-    tenant = {"Authorization": f"Bearer {TENANT_KEY}"}
+    tenant = {"Authorization": f"Bearer {console_fleet.tenant_key}"}
     assert httpx.get(f"{console_fleet.url}/ui/fleet", headers=tenant).headers["location"] == "/ui/login"
     refused = httpx.get(f"{console_fleet.url}/ui/api/metrics", headers=tenant)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "console_login_required"
@@ -177,7 +183,7 @@ def test_canary_weights_split_real_traffic_then_promote_and_roll_back(page: Page
     from lorafleet.registry.aliases import Route
     from lorafleet.serve.routing import pick_route
 
-    log_in(page)
+    log_in(page, console_fleet.admin_key)
     page.goto("/ui/aliases")
     section = page.locator(f'section.alias[data-alias="{ALIAS}"]')
     section.locator('input[name="greeter@v1"]').fill("90")
@@ -211,7 +217,7 @@ def test_canary_weights_split_real_traffic_then_promote_and_roll_back(page: Page
 
 def test_live_metrics_show_the_canary_per_version(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
     adapters_answering(console_fleet, 20, start=1000)  # the alias is at 90/10 after the previous test's rollback
-    log_in(page)
+    log_in(page, console_fleet.admin_key)
     page.goto("/ui/metrics")
     expect(page.locator(f'#live-table tr[data-series="{ALIAS} greeter@v1"]')).to_be_visible(timeout=15_000)
     expect(page.locator(f'#ab table[data-alias="{ALIAS}"] tbody tr')).to_have_count(2)
@@ -219,8 +225,8 @@ def test_live_metrics_show_the_canary_per_version(page: Page, console_fleet: Con
     screenshot(page, tmp_path, "console-metrics")
 
 
-def test_playground_answers_from_base_and_adapter(page: Page, fleet: Fleet, tmp_path: Path) -> None:
-    log_in(page)
+def test_playground_answers_from_base_and_adapter(page: Page, console_fleet: ConsoleFleet, fleet: Fleet, tmp_path: Path) -> None:
+    log_in(page, console_fleet.admin_key)
     page.goto("/ui/playground")
     page.locator("#side-left select").select_option(fleet.base_name)
     page.locator("#side-right select").select_option("greeter@v1")
@@ -239,8 +245,8 @@ def test_playground_answers_from_base_and_adapter(page: Page, fleet: Fleet, tmp_
     screenshot(page, tmp_path, "console-playground")
 
 
-def test_adapter_page_shows_manifest_and_loss_curve(page: Page, tmp_path: Path) -> None:
-    log_in(page)
+def test_adapter_page_shows_manifest_and_loss_curve(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
+    log_in(page, console_fleet.admin_key)
     page.goto("/ui/adapters")
     page.click('a[href="/ui/adapters/greeter@v1"]')
     expect(page.locator("#manifest")).to_contain_text("rank / alpha")
@@ -250,7 +256,7 @@ def test_adapter_page_shows_manifest_and_loss_curve(page: Page, tmp_path: Path) 
 
 
 def test_state_change_without_csrf_token_is_refused(page: Page, console_fleet: ConsoleFleet) -> None:
-    log_in(page)
+    log_in(page, console_fleet.admin_key)
     before = len(history(console_fleet))
     refused = page.request.post(f"/ui/api/aliases/{ALIAS}/promote", data={"version": "greeter@v2"})  # session cookie, no token
     assert refused.status == 403 and refused.json()["error"]["code"] == "csrf_failed"
@@ -264,6 +270,6 @@ def test_gateway_without_auth_says_so_in_a_banner(browser: Browser, fleet: Fleet
     page = context.new_page()
     page.goto("/ui")
     expect(page).to_have_url(re.compile(r".*/ui/fleet$"))
-    expect(page.locator("#auth-banner")).to_contain_text("Authentication is off")
+    expect(page.locator("#auth-banner")).to_contain_text("anyone who can reach this gateway")  # its registry has no key
     screenshot(page, tmp_path, "console-auth-none")
     context.close()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from lorafleet.serve.console.actions import action_router
 from lorafleet.serve.console.pages import needs_login_handler, page_router
 from lorafleet.serve.console.state import STATIC_DIR, ConsoleState, NeedsLogin
-from lorafleet.serve.errors import GatewayError
 from lorafleet.serve.proxy import GatewayState
 
 
@@ -26,8 +24,3 @@ def install(app: FastAPI, refresh: Callable[[GatewayState], Awaitable[None]]) ->
     app.include_router(action_router(refresh))
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="console-static")
     app.add_exception_handler(NeedsLogin, needs_login_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
-
-
-async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-    return exc.response()

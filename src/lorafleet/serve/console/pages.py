@@ -33,7 +33,7 @@ MAX_LOGIN_BODY = 4096  # a login form is one key; anything larger is not one
 def render(request: Request, template: str, session: Session | None, status: int = 200, **context: object) -> HTMLResponse:
     state = gateway(request)
     html = console(request).templates.get_template(template).render(
-        page=template.removesuffix(".html"), auth_on=access.auth_enabled(state), base_name=state.base_name,
+        page=template.removesuffix(".html"), auth_on=access.auth_enabled(state), auth_mode=state.auth.mode, base_name=state.base_name,
         csrf=console(request).signer.csrf_token(session) if session else "", logged_in=session is not None, **context,
     )
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
@@ -62,7 +62,7 @@ def page_router() -> APIRouter:
         state = gateway(request)
         body = await request.body()
         key = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip() if len(body) <= MAX_LOGIN_BODY else ""
-        subject = access.admin_subject(state, key) if key else None
+        subject = await access.admin_subject(state, key) if key else None
         if subject is None:
             log.warning("console login refused from %s: not an admin key", request.client.host if request.client else "?")
             return render(request, "login.html", None, status=401, error="That is not an admin key. Tenant keys cannot open the console.")
