@@ -1,7 +1,8 @@
 """The FastAPI gateway: the OpenAI routes it means to serve, health, metrics — and nothing else.
 
 The engines' own admin routes (`/v1/load_lora_adapter`, `/adapters`, …) are never forwarded: only
-the routes below exist, and every other path is an OpenAI-shaped 404. Two background tasks run
+the routes below exist (and the web console under `/ui`, serve/console), and every other path is an
+OpenAI-shaped 404. Two background tasks run
 beside the requests: the registry poll (alias changes live within `registry_poll_s`) and the
 replica supervisor (health checks; restarts of spawned replicas with backoff).
 """

@@ -59,7 +59,10 @@ def action_router(refresh) -> APIRouter:  # type: ignore[no-untyped-def]
         rows = body.get("weights")
         if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
             raise bad_request("'weights' must be a list of [version, weight] pairs of strings.", "weights")
-        targets = views.routing_targets([(ref, weight) for ref, weight in rows])
+        try:
+            targets = views.routing_targets([(ref, weight) for ref, weight in rows])
+        except RegistryError as exc:
+            raise bad_request(str(exc), "weights") from None
         return await change(request, refresh, alias, "set", service.set_alias, alias, targets)
 
     @router.post("/ui/api/aliases/{alias}/promote")
