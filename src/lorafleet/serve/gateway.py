@@ -2,9 +2,9 @@
 
 The engines' own admin routes (`/v1/load_lora_adapter`, `/adapters`, …) are never forwarded: only
 the routes below exist (and the web console under `/ui`, serve/console), and every other path is an
-OpenAI-shaped 404. Two background tasks run
-beside the requests: the registry poll (alias changes live within `registry_poll_s`) and the
-replica supervisor (health checks; restarts of spawned replicas with backoff).
+OpenAI-shaped 404. Two background tasks run beside the requests: the registry poll (alias changes
+live within `registry_poll_s`) and the replica supervisor (health checks; restarts of spawned
+replicas with backoff).
 """
 
 from __future__ import annotations
