@@ -47,13 +47,13 @@ class ConsoleFleet:
 
 def attached_engines(gateway_pid: int) -> list[dict]:
     """The URL and API key of every vLLM server the `fleet` gateway spawned (read from the processes themselves)."""
-    engines = []
+    engines: dict[str, dict] = {}  # by URL: a forked engine process would show its parent's command line
     for process in psutil.Process(gateway_pid).children(recursive=True):
         argv = process.cmdline()
         if "vllm.entrypoints.openai.api_server" in argv and "--port" in argv:
-            port = argv[argv.index("--port") + 1]
-            engines.append({"url": f"http://127.0.0.1:{port}", "api_key": process.environ().get("VLLM_API_KEY")})
-    return engines
+            url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+            engines.setdefault(url, {"url": url, "api_key": process.environ().get("VLLM_API_KEY")})
+    return list(engines.values())
 
 
 def copy_registry(source: Path, dest: Path) -> None:
