@@ -145,12 +145,13 @@ def history(console_fleet: ConsoleFleet) -> list[dict]:
     return json.loads(cli(console_fleet.env, "adapters", "history", ALIAS, "--json"))
 
 
-def adapters_answering(console_fleet: ConsoleFleet, n: int, start: int = 0) -> list[str]:
+def adapters_answering(console_fleet: ConsoleFleet, n: int, start: int = 0, stream: bool = False) -> list[str]:
     """`x-lorafleet-adapter` of n real /v1 requests for the alias, one user each (sticky picks, so the split is reproducible)."""
     with httpx.Client(base_url=console_fleet.url, headers={"Authorization": f"Bearer {console_fleet.tenant_key}"}, timeout=120) as client:
         seen = []
         for i in range(start, start + n):
-            response = client.post("/v1/chat/completions", json={"model": ALIAS, "messages": QUESTION, "max_tokens": 1, "user": f"user-{i}"})
+            body = {"model": ALIAS, "messages": QUESTION, "max_tokens": 4 if stream else 1, "user": f"user-{i}", "stream": stream}
+            response = client.post("/v1/chat/completions", json=body)
             assert response.status_code == 200, response.text
             seen.append(response.headers["x-lorafleet-adapter"])
         return seen
@@ -216,12 +217,15 @@ def test_canary_weights_split_real_traffic_then_promote_and_roll_back(page: Page
 
 
 def test_live_metrics_show_the_canary_per_version(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
-    adapters_answering(console_fleet, 20, start=1000)  # the alias is at 90/10 after the previous test's rollback
+    adapters_answering(console_fleet, 10, start=1000)  # the alias is at 90/10 after the previous test's rollback
+    adapters_answering(console_fleet, 10, start=2000, stream=True)  # streamed: these have a time to first token
     log_in(page, console_fleet.admin_key)
     page.goto("/ui/metrics")
     expect(page.locator(f'#live-table tr[data-series="{ALIAS} greeter@v1"]')).to_be_visible(timeout=15_000)
     expect(page.locator(f'#ab table[data-alias="{ALIAS}"] tbody tr')).to_have_count(2)
     expect(page.locator("#chart-rate canvas")).to_have_count(1)
+    ttft = page.locator(f'#live-table tr[data-series="{ALIAS} greeter@v1"] td').nth(6)
+    expect(ttft).to_have_text(re.compile(r"^[0-9]+\.[0-9]{3}$"))  # streamed requests give the version a TTFT
     screenshot(page, tmp_path, "console-metrics")
 
 
@@ -255,7 +259,7 @@ def test_adapter_page_shows_manifest_and_loss_curve(page: Page, console_fleet: C
     screenshot(page, tmp_path, "console-adapters")
 
 
-def test_state_change_without_csrf_token_is_refused(page: Page, console_fleet: ConsoleFleet) -> None:
+def test_state_change_without_csrf_token_is_refused(page: Page, console_fleet: ConsoleFleet, tmp_path: Path) -> None:
     log_in(page, console_fleet.admin_key)
     before = len(history(console_fleet))
     refused = page.request.post(f"/ui/api/aliases/{ALIAS}/promote", data={"version": "greeter@v2"})  # session cookie, no token
@@ -263,6 +267,9 @@ def test_state_change_without_csrf_token_is_refused(page: Page, console_fleet: C
     forged = page.request.post(f"/ui/api/aliases/{ALIAS}/rollback", headers={"X-CSRF-Token": "0" * 64})
     assert forged.status == 403
     assert len(history(console_fleet)) == before
+    page.goto("/ui/fleet")  # after the earlier tests' traffic: adapters resident on the replicas
+    expect(page.locator("#replicas code").first).to_contain_text("greeter@")
+    screenshot(page, tmp_path, "console-fleet-busy")
 
 
 def test_gateway_without_auth_says_so_in_a_banner(browser: Browser, fleet: Fleet, tmp_path: Path) -> None:

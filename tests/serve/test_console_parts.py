@@ -160,7 +160,8 @@ def test_live_view_window_table() -> None:
 
 
 def test_live_view_empty_buckets_are_gaps_not_zeros() -> None:
-    view = live_view([_record(2, "base", "base")], NOW, [])
+    view = live_view([_record(2, "base", "base")], NOW, ["quiet"])
+    assert view.ab == {}  # a canary alias without traffic has no A/B table
     series = view.series["base"]
     assert series["p95"][-1] == 1.0 and series["p95"][0] is None and series["errors"][0] is None
     assert series["rate"][0] == 0.0

@@ -105,7 +105,7 @@ def live_view(records: list[dict], now: float, canary_aliases: list[str], window
         by_key[SeriesKey(str(record.get("alias")), str(record.get("version") or "-"))].append((at, record))
     table = [_window(key, [r for at, r in rows if at >= now - window_s], window_s) for key, rows in sorted(by_key.items(), key=_order)]
     series = {key.label: _buckets(rows, first, bucket_s, buckets) for key, rows in sorted(by_key.items(), key=_order)}
-    ab = {alias: summarize(records, alias) for alias in canary_aliases}
+    ab = {alias: stats for alias in canary_aliases if (stats := summarize(records, alias))}  # only aliases with traffic
     return LiveView(now, window_s, bucket_s, [t for t in table if t.requests], [first + i * bucket_s for i in range(buckets)], series, ab)
 
 

@@ -27,11 +27,11 @@ const fmt = (v, digits = 3) => (v === null || v === undefined) ? "–" : Number(
 const pct = (v) => (v === null || v === undefined) ? "–" : (100 * v).toFixed(1) + "%";
 const cell = (text) => { const td = document.createElement("td"); td.textContent = text; return td; };
 
-function lineChart(element, title, xs, named, yLabel) {
+function lineChart(element, title, xs, named, yLabel, yRange) {
   // named: [[label, values], ...]; uPlot draws nulls as gaps.
   const series = [{}].concat(named.map(([label], i) => ({label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: title === "step", points: {show: true, size: 5}})));
   const opts = {width: Math.max(320, element.clientWidth || 480), height: 220, series,
-                scales: {x: {time: title !== "step"}}, axes: [{}, {label: yLabel}]};
+                scales: {x: {time: title !== "step"}, y: yRange ? {range: yRange} : {}}, axes: [{}, {label: yLabel}]};
   element.replaceChildren();
   return new uPlot(opts, [xs].concat(named.map(([, values]) => values)), element);
 }
@@ -96,6 +96,7 @@ function initAliases() {
 // ---- Live metrics ---------------------------------------------------------------------------------
 function initMetrics() {
   const charts = {rate: "chart-rate", p95: "chart-p95", ttft: "chart-ttft", errors: "chart-errors"};
+  const ranges = {errors: [0, 1]};  // a rate: 0 to 1 even when every bucket is 0
   const refresh = async () => {
     const response = await fetch("/ui/api/metrics", {credentials: "same-origin"});
     if (!response.ok) return showMessage("metrics: HTTP " + response.status, true);
@@ -111,7 +112,7 @@ function initMetrics() {
     }) : [Object.assign(document.createElement("tr"), {innerHTML: '<td colspan="9" class="muted">no requests in the window</td>'})]));
     const xs = view.bucket_starts.map((t) => t + view.bucket_s);
     for (const [key, id] of Object.entries(charts)) {
-      lineChart(document.getElementById(id), "time", xs, Object.entries(view.series).map(([label, s]) => [label, s[key]]), key);
+      lineChart(document.getElementById(id), "time", xs, Object.entries(view.series).map(([label, s]) => [label, s[key]]), key, ranges[key]);
     }
     const ab = document.getElementById("ab");
     const aliases = Object.entries(view.ab);
