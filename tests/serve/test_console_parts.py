@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from lorafleet.registry.errors import InvalidSpec
-from lorafleet.serve.console.live import live_view, read_tail
+from lorafleet.serve.console.live import LogTail, arrival, live_view
 from lorafleet.serve.console.session import SessionSigner
 from lorafleet.serve.console.views import EngineStats, engine_stats, loss_curves, manifest_facts, routing_targets
 
@@ -97,6 +97,14 @@ vllm:num_requests_waiting{engine="0",model_name="m",replica="replica-0"} 1.0
     assert engine_stats("") == {}
 
 
+def test_an_engine_answering_something_else_than_prometheus_text_is_left_out() -> None:
+    from lorafleet.serve.engine_metrics import relabel
+
+    good = "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 2.0\n"
+    families = relabel({"a": '{"id": "chatcmpl", "choices": []}', "b": good})
+    assert [(s.labels["replica"], s.value) for f in families for s in f.samples] == [("b", 2.0)]
+
+
 def test_loss_curves_keep_train_and_eval_apart_and_count_bad_lines() -> None:
     lines = [
         {"type": "train", "step": 1, "loss": 2.5, "lr": 1e-3},
@@ -145,7 +153,7 @@ def test_live_view_window_table() -> None:
         _record(400, "s", "s@v1"),  # outside the span
         {"alias": "s", "version": "s@v1"},  # no time: left out
     ]
-    view = live_view(records, NOW, ["s"])
+    view = live_view([(arrival(r), r) for r in records], NOW, ["s"])
     rows = {(t.alias, t.version): t for t in view.table}
     v1, v2 = rows["s", "s@v1"], rows["s", "s@v2"]
     assert v1.requests == 10 and v1.rate_per_s == pytest.approx(10 / 60)
@@ -160,16 +168,35 @@ def test_live_view_window_table() -> None:
 
 
 def test_live_view_empty_buckets_are_gaps_not_zeros() -> None:
-    view = live_view([_record(2, "base", "base")], NOW, ["quiet"])
+    record = _record(2, "base", "base")
+    view = live_view([(arrival(record), record)], NOW, ["quiet"])
     assert view.ab == {}  # a canary alias without traffic has no A/B table
     series = view.series["base"]
     assert series["p95"][-1] == 1.0 and series["p95"][0] is None and series["errors"][0] is None
     assert series["rate"][0] == 0.0
 
 
-def test_read_tail_skips_the_cut_line_and_bad_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_log_tail_reads_only_new_whole_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "requests.jsonl"
     log.write_text('{"n": 1}\n{"n": 2}\nnot json\n[1]\n{"n": 3}\n')
-    assert [r["n"] for r in read_tail(log)] == [1, 2, 3]
-    assert [r["n"] for r in read_tail(log, max_bytes=len('2}\nnot json\n[1]\n{"n": 3}\n'))] == [3]
-    assert read_tail(tmp_path / "missing.jsonl") == []
+    first = len('{"n": 1}\n{"n": 2}\nnot j')
+    tail = LogTail(log, max_bytes=log.stat().st_size - first)  # the first read starts inside "not json"
+    assert [r["n"] for _, r in tail.read()] == [3]
+    with log.open("a") as f:
+        f.write('{"n": 4}\n{"n": ')  # the gateway is half-way through a line
+    assert [r["n"] for _, r in tail.read()] == [3, 4]
+    with log.open("a") as f:
+        f.write('5}\n')
+    assert [r["n"] for _, r in tail.read()] == [3, 4, 5]
+    log.write_text('{"n": 6}\n')  # truncated (a new log): read afresh
+    assert [r["n"] for _, r in tail.read()] == [6]
+    assert [r["n"] for _, r in LogTail(log, max_records=1).read()] == [6]
+    assert LogTail(tmp_path / "missing.jsonl").read() == []
+    log.write_text('{"n": 7}\n{"n": 8}\n')
+    assert [r["n"] for _, r in LogTail(log, max_bytes=len('{"n": 8}\n')).read()] == [8]  # starts on a line: kept
+
+
+def test_log_tail_keeps_the_most_recent_records(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "requests.jsonl"
+    log.write_text("".join(f'{{"n": {i}}}\n' for i in range(10)))
+    assert [r["n"] for _, r in LogTail(log, max_records=3).read()] == [7, 8, 9]

@@ -22,7 +22,7 @@ from lorafleet.registry import service
 from lorafleet.registry.errors import NotFound, RegistryError
 from lorafleet.serve.console import live, views
 from lorafleet.serve.console.pages import logout_response
-from lorafleet.serve.console.state import SECURITY_HEADERS, api_session, gateway
+from lorafleet.serve.console.state import SECURITY_HEADERS, api_session, console, gateway
 from lorafleet.serve.errors import GatewayError, bad_request, model_not_found
 from lorafleet.serve.metrics import UNKNOWN_ALIAS
 from lorafleet.serve.proxy import dispatch, finish
@@ -48,8 +48,9 @@ def action_router(refresh) -> APIRouter:  # type: ignore[no-untyped-def]
         api_session(request, changes_state=False)
         state = gateway(request)
         canaries = [name for name, alias in sorted(state.fleet.aliases.items()) if len(alias.routes) > 1]
-        records = await asyncio.to_thread(live.read_tail, state.request_log.path)
-        view = live.live_view(records, time.time(), canaries)
+        tail = console(request).request_log(state.request_log.path)
+        # in a worker thread, reading and summarizing alike: the event loop keeps serving /v1 meanwhile
+        view = await asyncio.to_thread(lambda: live.live_view(tail.read(), time.time(), canaries))
         return JSONResponse(service.to_jsonable(view), headers=SECURITY_HEADERS)
 
     @router.post("/ui/api/aliases/{alias}/weights")

@@ -1,15 +1,16 @@
 """Live metrics for the console, from the tail of the gateway's request log.
 
 The request path stays untouched: the gateway already writes one JSON line per request (flushed
-every `registry_poll_s`), so the console reads the last few MiB of that file when a browser asks,
-and nothing is counted twice or kept in memory between polls. `live_view` is pure and holds the
-arithmetic; `read_tail` is the only I/O.
+every `registry_poll_s`), so the console reads that file when a browser asks, from where its
+previous read stopped (`LogTail`), and nothing is counted twice. `live_view` is pure and holds the
+arithmetic; `LogTail.read` is the only I/O.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import threading
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 from lorafleet.percentiles import percentile
 from lorafleet.serve.abreport import VersionStats, summarize
 
-TAIL_BYTES = 4 << 20  # about 15,000 request lines: minutes of a busy gateway, hours of a quiet one
+TAIL_BYTES = 4 << 20  # where the first read starts: about 15,000 request lines back
+Timed = tuple[float | None, dict]  # (arrival in unix seconds, request log record)
+MAX_RECORDS = 20_000  # records kept between reads: minutes of a busy gateway, hours of a quiet one
 
 
 @dataclass(frozen=True)
@@ -58,25 +61,50 @@ class LiveView:
     ab: dict[str, list[VersionStats]]  # canary alias → its versions, over every record read
 
 
-def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> list[dict]:
-    """The request log's last `max_bytes`, whole lines only; unparseable lines are skipped (ab-report lists them)."""
-    if not path.is_file():
-        return []
-    with path.open("rb") as f:
-        size = f.seek(0, 2)
-        f.seek(max(0, size - max_bytes))
-        data = f.read()
-    if size > max_bytes:
-        data = data.partition(b"\n")[2]  # the first line is cut
-    records = []
-    for line in data.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            records.append(value)
-    return records
+class LogTail:
+    """The request log's most recent records, read incrementally: each call parses only the lines written
+    since the previous one, so a console left open costs the gateway in proportion to its traffic.
+
+    The first read starts `max_bytes` before the end (whole lines only). A log that was rotated (new
+    inode) or truncated is read afresh. Lines that do not parse are skipped (`lorafleet ab-report` lists them).
+    """
+
+    def __init__(self, path: Path, max_records: int = MAX_RECORDS, max_bytes: int = TAIL_BYTES):
+        self.path, self.max_bytes = Path(path), max_bytes
+        self.records: deque[Timed] = deque(maxlen=max_records)
+        self._inode: int | None = None
+        self._offset = 0
+        self._partial = b""  # a line still being written
+        self._lock = threading.Lock()  # two console requests may read at once (worker threads)
+
+    def read(self) -> list[Timed]:
+        """Every record kept, oldest first, each with its arrival time (parsed once, when first read)."""
+        with self._lock:
+            try:
+                stat = self.path.stat()
+            except FileNotFoundError:
+                return list(self.records)
+            cut = False
+            if stat.st_ino != self._inode or stat.st_size < self._offset:
+                start = max(0, stat.st_size - self.max_bytes)
+                # from the byte before `start`: the first piece read is then a cut line or "" (start began a line)
+                self._inode, self._offset, self._partial = stat.st_ino, max(0, start - 1), b""
+                self.records.clear()
+                cut = start > 0
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            self._offset += len(data)
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines[1:] if cut else lines:
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    self.records.append((arrival(value), value))
+            return list(self.records)
 
 
 def arrival(record: dict) -> float | None:
@@ -87,9 +115,10 @@ def arrival(record: dict) -> float | None:
         return None
 
 
-def live_view(records: list[dict], now: float, canary_aliases: list[str], window_s: float = 60.0,
+def live_view(records: list[Timed], now: float, canary_aliases: list[str], window_s: float = 60.0,
               bucket_s: float = 5.0, span_s: float = 300.0) -> LiveView:
-    """Per alias+version stats over the last `window_s` and per `bucket_s` over the last `span_s`.
+    """Per alias+version stats over the last `window_s` and per `bucket_s` over the last `span_s`, from
+    (arrival, record) pairs (`LogTail.read`; a None arrival is left out of the windows, kept in the A/B).
 
     Rates count every request; latency percentiles and TTFT count successful ones (status < 400),
     as `lorafleet ab-report` does. Buckets with no successful request have None latencies (a gap
@@ -98,14 +127,15 @@ def live_view(records: list[dict], now: float, canary_aliases: list[str], window
     buckets = int(span_s // bucket_s)
     first = now - buckets * bucket_s
     by_key: dict[SeriesKey, list[tuple[float, dict]]] = defaultdict(list)
-    for record in records:
-        at = arrival(record)
+    for at, record in records:
         if at is None or at < first or at > now:
             continue
         by_key[SeriesKey(str(record.get("alias")), str(record.get("version") or "-"))].append((at, record))
     table = [_window(key, [r for at, r in rows if at >= now - window_s], window_s) for key, rows in sorted(by_key.items(), key=_order)]
     series = {key.label: _buckets(rows, first, bucket_s, buckets) for key, rows in sorted(by_key.items(), key=_order)}
-    ab = {alias: stats for alias in canary_aliases if (stats := summarize(records, alias))}  # only aliases with traffic
+    canaries = set(canary_aliases)
+    mine = [record for _, record in records if record.get("alias") in canaries]
+    ab = {alias: stats for alias in canary_aliases if (stats := summarize(mine, alias))}  # only aliases with traffic
     return LiveView(now, window_s, bucket_s, [t for t in table if t.requests], [first + i * bucket_s for i in range(buckets)], series, ab)
 
 

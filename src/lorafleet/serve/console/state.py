@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lorafleet.serve.console import access
+from lorafleet.serve.console.live import LogTail
 from lorafleet.serve.console.session import CSRF_HEADER, SESSION_COOKIE, SESSION_TTL_S, Session, SessionSigner
 from lorafleet.serve.errors import GatewayError
 from lorafleet.serve.proxy import GatewayState
@@ -34,15 +35,21 @@ SECURITY_HEADERS = {
 
 @dataclass
 class ConsoleState:
-    """One per gateway app: the session signer and the template environment."""
+    """One per gateway app: the session signer, the template environment and the request log's reader."""
 
     signer: SessionSigner
     templates: Environment
+    log_tail: LogTail | None = None  # made on first use: the request log's path is known once the gateway runs
 
     @classmethod
     def create(cls) -> ConsoleState:
         env = Environment(loader=PackageLoader("lorafleet.serve.console", "templates"), autoescape=select_autoescape(["html"]))
         return cls(SessionSigner.fresh(), env)
+
+    def request_log(self, path: Path) -> LogTail:
+        if self.log_tail is None or self.log_tail.path != path:
+            self.log_tail = LogTail(path)
+        return self.log_tail
 
 
 class NeedsLogin(Exception):
