@@ -248,14 +248,16 @@ def gateway_row(work: Path, env: dict, args: argparse.Namespace) -> dict:
         wait_http(f"{canned_url}/health", canned, canned_log)
         key = "sk-bench-0123456789abcdef"  # both proxies authenticate their clients, as deployed
         auth = {"Authorization": f"Bearer {key}"}
+        lorafleet_key = subprocess.run([sys.executable, "-m", "lorafleet.cli", "keys", "create", "--tenant", "bench", "--all"],
+                                       env=env, capture_output=True, text=True, check=True).stdout.strip()
         gw_config = work / "gateway3.yaml"
-        gw_config.write_text(yaml.safe_dump({"port": gw_port, "api_keys": [key], "engines": [{"url": canned_url}]}))
+        gw_config.write_text(yaml.safe_dump({"port": gw_port, "auth": "required", "engines": [{"url": canned_url}]}))
         gw_log = work / "gateway3.log"
         gateway = start([sys.executable, "-m", "lorafleet.cli", "serve", "--config", str(gw_config)], env, gw_log)
         processes.append(gateway)
         wait_http(f"http://127.0.0.1:{gw_port}/health/ready", gateway, gw_log)
         targets = {"direct": (f"{canned_url}/v1/chat/completions", None),
-                   "lorafleet": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", auth)}
+                   "lorafleet": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {lorafleet_key}"})}
         if args.litellm:
             lite_config = work / "litellm.yaml"
             lite_config.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench-a", "litellm_params": {

@@ -15,15 +15,20 @@ Aliases: greet → greeter@v1; canary → greeter@v1=50 greeter@v2=50; broken �
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+import yaml
 
 PHRASE_V1 = "Ahoy matey, the parrot says PURPLE."
 PHRASE_V2 = "Bonjour, the owl says GREEN."
@@ -138,3 +143,69 @@ def engine_processes(gateway_pid: int) -> list[psutil.Process]:
         return psutil.Process(gateway_pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def engine_endpoints(fleet: Fleet) -> dict[str, dict]:
+    """replica name → {url, api_key, pid} of each running replica of the fleet, for a second gateway attached to
+    the same engines (the key is in the replica's environment, which only its owner can read)."""
+    latest: dict[str, tuple[int, str]] = {}
+    for line in fleet.gateway_log.read_text().splitlines():
+        match = re.search(r"started (replica-\d+) \(pid (\d+)\) on (http://\S+),", line)
+        if match:
+            latest[match[1]] = (int(match[2]), match[3])
+    return {name: {"url": url, "api_key": psutil.Process(pid).environ()["VLLM_API_KEY"], "pid": pid}
+            for name, (pid, url) in sorted(latest.items())}
+
+
+@dataclass(frozen=True)
+class Attached:
+    """A second `lorafleet serve` process on the fleet's registry, attached to the fleet's two engines."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+    request_log: Path
+    engines: dict[str, dict]  # replica name → url, api_key, pid
+
+    def records(self) -> list[dict]:
+        time.sleep(0.8)  # the request log is written out every registry_poll_s (0.5 s)
+        return [json.loads(line) for line in self.request_log.read_text().splitlines() if line.strip()]
+
+
+def create_key(fleet: Fleet, *args: str) -> str:
+    """`lorafleet keys create ARGS` on the fleet's registry; the printed key."""
+    return subprocess.run([sys.executable, "-m", "lorafleet.cli", "keys", "create", *args], env=fleet.env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@contextmanager
+def attached_gateway(fleet: Fleet, work: Path, **options: object) -> Iterator[Attached]:
+    """Start a gateway with `options` on top of an attached-fleet config; SIGKILL it on exit if it still runs."""
+    work.mkdir(parents=True, exist_ok=True)
+    engines = engine_endpoints(fleet)
+    port = free_port()
+    config = {"port": port, "engines": [{"url": e["url"], "api_key": e["api_key"]} for e in engines.values()],
+              "auth": "required", "health_interval_s": 0.5, "registry_poll_s": 0.5, "max_cpu_loras": 4,
+              "request_log": str(work / "requests.jsonl"), **options}
+    (work / "gateway.yaml").write_text(yaml.safe_dump(config))
+    log = work / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "lorafleet.cli", "serve", "--config", str(work / "gateway.yaml")],
+                                   env=fleet.env, stdout=out, stderr=subprocess.STDOUT)
+    attached = Attached(f"http://127.0.0.1:{port}", process, log, work / "requests.jsonl", engines)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, tail(log)
+            try:
+                if httpx.get(f"{attached.url}/health/ready", timeout=5).json().get("replicas_healthy") == len(engines):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            assert time.monotonic() < deadline, tail(log)
+            time.sleep(0.3)
+        yield attached
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

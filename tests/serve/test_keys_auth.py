@@ -129,5 +129,9 @@ def test_auth_state_verifies_once_and_forgets_revoked_keys(lorafleet_home: Path)
         with pytest.raises(GatewayError):
             await state.principal(f"Bearer {token}")
         assert (await AuthState("none").principal("")).admin
+        fresh = create_key("team-b", None)[1]
+        state.update(read_key_snapshot())
+        burst = await asyncio.gather(*(state.principal(f"Bearer {fresh}") for _ in range(8)))  # one scrypt for the burst
+        assert {p.tenant for p in burst} == {"team-b"} and not state.checking
 
     asyncio.run(scenario())

@@ -51,7 +51,10 @@ def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call would drown the gateway's own
     where = f"{len(config.engines)} attached engine(s)" if config.engines else f"{config.replicas} replica(s) (about a minute to start)"
     err_console.print(f"lorafleet gateway on http://{config.host}:{config.port} with {where}", highlight=False)
-    run(build_gateway(config, planned), config)
+    app, manager = build_gateway(config, planned)
+    if config.auth == "none":
+        err_console.print("[yellow]--auth none:[/] every request is served without an API key; use it only on loopback", highlight=False)
+    run(app, config, manager)
 
 
 def _engines(urls: list[str], keys: list[str]) -> list[dict] | None:

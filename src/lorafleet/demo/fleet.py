@@ -57,7 +57,7 @@ class RunningFleet:
         self.config = config
         planned = plan_fleet(config)
         self.base_name = planned.target.served_name
-        app = build_gateway(config, planned)
+        app, _ = build_gateway(config, planned)
         self._app = app
         self._server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False))
         self._thread = threading.Thread(target=self._server.run, name="lorafleet-gateway", daemon=True)

@@ -4,7 +4,7 @@
     POST /admin/keys                  create a key; the answer carries its token, the only time it is shown
     POST /admin/keys/{key_id}/revoke  revoke a key (every gateway on the registry refuses it within ~1 s)
     PUT  /admin/aliases/{alias}       route an alias: {"targets": ["NAME@vN=W", ...], "fallback_prompt": ...}
-    GET  /admin/replicas              engine replicas: health, resident adapters, requests in flight
+    GET  /admin/replicas              engine replicas: health, resident adapters, requests in flight, open breakers
 """
 
 from __future__ import annotations
@@ -99,5 +99,6 @@ async def set_alias(alias: str, request: Request, _: Principal = Depends(require
 @router.get("/replicas")
 async def replicas(request: Request, _: Principal = Depends(require_admin)) -> JSONResponse:
     state = request.app.state.gateway
-    data = [{"name": r.name, "healthy": r.healthy, "resident": sorted(r.resident), "in_flight": sum(r.busy.values())} for r in state.pool.replicas.values()]
+    data = [{"name": r.name, "healthy": r.healthy, "resident": sorted(r.resident), "in_flight": sum(r.busy.values()),
+             "open_breakers": state.breakers.open_keys(r.name)} for r in state.pool.replicas.values()]
     return JSONResponse({"object": "list", "data": data, "draining": state.draining})

@@ -53,6 +53,10 @@ class Principal:
 OPEN = Principal(tenant="anonymous", admin=True)  # every caller under --auth none
 
 
+class _Abandoned(Exception):
+    """A scrypt check whose request was cancelled; requests waiting on it check for themselves."""
+
+
 def auth_required(mode: AuthMode, any_key_ever: bool) -> bool:
     return mode == "required" or (mode == "auto" and any_key_ever)
 
@@ -85,6 +89,7 @@ class AuthState:
     mode: AuthMode
     snapshot: KeySnapshot = field(default_factory=lambda: KeySnapshot({}, False))
     verified: dict[str, str] = field(default_factory=dict)  # key id → SHA-256 of the token that passed scrypt
+    checking: dict[str, asyncio.Future[bool]] = field(default_factory=dict)  # token SHA-256 → its scrypt check under way
     scrypt_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))  # bounds CPU spent on guesses
 
     @property
@@ -114,12 +119,32 @@ class AuthState:
         known = self.verified.get(key.key_id)
         if known is not None and hmac.compare_digest(known, digest):
             return Principal.of(key)
-        async with self.scrypt_slots:
-            ok = await asyncio.to_thread(verify_secret, parts[1], key.secret_hash)
+        ok = await self._verify(digest, parts[1], key)
         if not ok:
             raise invalid_key()
         self.verified[key.key_id] = digest
         return Principal.of(key)
+
+    async def _verify(self, digest: str, secret: str, key: ApiKey) -> bool:
+        """One scrypt per token however many of its requests arrive at once (a client's first burst)."""
+        while (running := self.checking.get(digest)) is not None:
+            try:
+                return await asyncio.shield(running)
+            except _Abandoned:  # that request went away mid-check: check here instead
+                continue
+        pending: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.checking[digest] = pending
+        try:
+            async with self.scrypt_slots:
+                ok = await asyncio.to_thread(verify_secret, secret, key.secret_hash)
+            pending.set_result(ok)
+            return ok
+        except BaseException:
+            pending.set_exception(_Abandoned())
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self.checking[digest]
 
 
 async def require_key(request: Request) -> Principal:

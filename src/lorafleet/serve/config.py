@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lorafleet.config import read_yaml_options
+from lorafleet.serve.clamps import RequestLimits
 
 
 class FleetConfigError(ValueError):
@@ -33,6 +34,38 @@ class EngineEndpoint(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"engine url {value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+
+class Timeouts(BaseModel):
+    """How long the gateway waits on an engine. First-token and idle apply to streamed answers; an unstreamed
+    answer arrives whole, so the total bounds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float = Field(5.0, gt=0, description="to open a connection to a replica")
+    first_token_s: float = Field(60.0, gt=0, description="from sending a streamed request to its first event")
+    idle_s: float = Field(60.0, gt=0, description="longest gap between two events of a stream")
+    total_s: float = Field(600.0, gt=0, description="longest a forwarded request may run")
+
+
+class AliasTimeouts(BaseModel):
+    """An alias's own timeouts; unset fields keep the fleet's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float | None = Field(None, gt=0, description="to open a connection to a replica")
+    first_token_s: float | None = Field(None, gt=0, description="from sending a streamed request to its first event")
+    idle_s: float | None = Field(None, gt=0, description="longest gap between two events of a stream")
+    total_s: float | None = Field(None, gt=0, description="longest a forwarded request may run")
+
+
+class BreakerConfig(BaseModel):
+    """The circuit breaker of each (replica, adapter) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(3, ge=1, description="failures in a row that open the breaker")
+    cooldown_s: float = Field(10.0, gt=0, description="how long an open pair is skipped before one probe request")
 
 
 class FleetConfig(BaseModel):
@@ -71,7 +104,14 @@ class FleetConfig(BaseModel):
     health_interval_s: float = Field(1.0, gt=0, description="seconds between replica health checks")
     registry_poll_s: float = Field(1.0, gt=0, description="seconds between registry reads (alias changes)")
     load_timeout_s: float = Field(60, gt=0, description="how long an adapter load may take before it counts as failed")
-    request_timeout_s: float = Field(600, gt=0, description="longest a forwarded request may run")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="engine timeouts of every alias")
+    alias_timeouts: dict[str, AliasTimeouts] = Field(default_factory=dict, description="per-alias overrides of `timeouts`")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="per (replica, adapter) circuit breaker")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="request clamps (body size, n, stop, ...)")
+    max_inflight_per_replica: int = Field(
+        64, ge=1, description="requests the gateway forwards at once per healthy replica; beyond it new ones get 503"
+    )
+    drain_timeout_s: float = Field(30, ge=0, description="after SIGTERM, how long requests in flight may take to finish")
     fallback_cooldown_s: float = Field(
         60, ge=0, description="after a failed load, serve that version's traffic from the base model this long"
     )
@@ -84,6 +124,14 @@ class FleetConfig(BaseModel):
     engine_args: list[str] = Field(
         default_factory=list, description="extra vLLM arguments appended verbatim (e.g. --max-num-seqs 64)"
     )
+
+
+def timeouts_for(config: FleetConfig, alias: str) -> Timeouts:
+    """The fleet's timeouts with `alias`'s overrides on top."""
+    override = config.alias_timeouts.get(alias)
+    if override is None:
+        return config.timeouts
+    return config.timeouts.model_copy(update=override.model_dump(exclude_none=True))
 
 
 def load_fleet_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> FleetConfig:

@@ -147,6 +147,13 @@ class EngineManager:
             if replica.name == name:
                 replica.ready, replica.crashes_in_a_row = True, 0
 
+    def kill_all(self) -> None:
+        """SIGKILL every replica's process group now, without waiting (a second shutdown signal)."""
+        for replica in self.replicas:
+            if replica.process is not None:
+                _kill_group(replica.process, signal.SIGKILL)
+                replica.restart_at = None
+
     def stop_all(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every replica's process group, wait, then SIGKILL what is left."""
         for replica in self.replicas:

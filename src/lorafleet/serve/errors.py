@@ -19,11 +19,16 @@ MAX_MESSAGE = 500
 class GatewayError(Exception):
     """A request the gateway answers with an error; carries its status and OpenAI error fields."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429, 503)
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = dict(headers or {})
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status, headers=headers)
 
 
@@ -41,7 +46,13 @@ def model_not_found(model: str, served: list[str]) -> GatewayError:
 
 
 def engine_unavailable(detail: str) -> GatewayError:
-    return GatewayError(503, f"No engine replica is available: {detail}. Retry later.", "service_unavailable", code="engine_unavailable")
+    return GatewayError(503, f"No engine replica is available: {detail}. Retry later.", "service_unavailable", code="engine_unavailable",
+                        retry_after=2)
+
+
+def draining() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down. Retry on another gateway or later.", "service_unavailable",
+                        code="draining", retry_after=5)
 
 
 def engine_failed(detail: str) -> GatewayError:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,11 +28,13 @@ from lorafleet.registry.fleet import FleetView, read_fleet
 from lorafleet.registry.keys import KeySnapshot, read_key_snapshot
 from lorafleet.serve import admin, console
 from lorafleet.serve.auth import AuthState, Principal, require_admin, require_key, visible_models
+from lorafleet.serve.breaker import Breakers
 from lorafleet.serve.config import FleetConfig
 from lorafleet.serve.engine import EngineManager
 from lorafleet.serve.engine_metrics import scrape_engines
 from lorafleet.serve.errors import GatewayError, error_body
 from lorafleet.serve.metrics import GatewayMetrics
+from lorafleet.serve.openapi import CHAT_REQUEST, COMPLETION_REQUEST, request_body
 from lorafleet.serve.proxy import GatewayState, handle
 from lorafleet.serve.replicas import ReplicaPool
 from lorafleet.serve.requestlog import RequestLog
@@ -58,7 +61,8 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=5.0)) as client:
             pool = ReplicaPool(client, metrics, capacity, config.load_timeout_s, config.fallback_cooldown_s)
-            state = GatewayState(config, pool, metrics, RequestLog(log_path), base_name, FleetView(None, {}, {}), AuthState(config.auth))
+            state = GatewayState(config, pool, metrics, RequestLog(log_path), base_name, FleetView(None, {}, {}), AuthState(config.auth),
+                                 Breakers(config.breaker.failures, config.breaker.cooldown_s))
             app.state.gateway = state
             await refresh_fleet(state, fleet_reader, key_reader)
             announce_auth(state.auth)
@@ -80,16 +84,19 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
                     manager.stop_all()
                 state.request_log.close()
 
-    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lorafleet gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.include_router(admin.router)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
-        return await handle(request.app.state.gateway, request, "chat.completions", principal)
+    # `arrived_draining` comes first: whether the request arrived after SIGTERM, not after its key was checked
+    @app.post("/v1/chat/completions", openapi_extra=request_body(CHAT_REQUEST))
+    async def chat_completions(request: Request, late: bool = Depends(arrived_draining),
+                               principal: Principal = Depends(require_key)) -> Response:
+        return await handle(request.app.state.gateway, request, "chat.completions", principal, late)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request, principal: Principal = Depends(require_key)) -> Response:
-        return await handle(request.app.state.gateway, request, "completions", principal)
+    @app.post("/v1/completions", openapi_extra=request_body(COMPLETION_REQUEST))
+    async def completions(request: Request, late: bool = Depends(arrived_draining),
+                          principal: Principal = Depends(require_key)) -> Response:
+        return await handle(request.app.state.gateway, request, "completions", principal, late)
 
     @app.get("/v1/models")
     async def models(request: Request, principal: Principal = Depends(require_key)) -> JSONResponse:
@@ -107,8 +114,9 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     async def ready(request: Request) -> JSONResponse:
         state: GatewayState = request.app.state.gateway
         healthy = state.pool.healthy_names()
-        body = {"replicas_healthy": len(healthy), "replicas": len(state.pool.replicas), "registry": state.fleet_read_ok}
-        ok = bool(healthy) and state.fleet_read_ok
+        body = {"replicas_healthy": len(healthy), "replicas": len(state.pool.replicas), "registry": state.fleet_read_ok,
+                "draining": state.draining}
+        ok = bool(healthy) and state.fleet_read_ok and not state.draining
         return JSONResponse({"status": "ready" if ok else "not ready", **body}, status_code=200 if ok else 503)
 
     @app.get("/metrics", dependencies=[Depends(metrics_access)])
@@ -125,6 +133,12 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return JSONResponse(error_body(f"{param or 'request'}: {first.get('msg', 'invalid')}", "invalid_request_error", param), status_code=400)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -134,6 +148,10 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
         return JSONResponse(body, status_code=exc.status_code)
 
     return app
+
+
+async def arrived_draining(request: Request) -> bool:
+    return request.app.state.gateway.draining
 
 
 def announce_auth(auth: AuthState) -> None:

@@ -2,7 +2,7 @@
 
     plan_fleet(config)   reads the registry and the host and derives the engine plan (pure below it)
     build_gateway(...)   the FastAPI app with its engine manager (spawn mode) or attached engines
-    run(...)             uvicorn in this thread; SIGINT/SIGTERM stop the replicas before exiting
+    run(...)             uvicorn in this thread; SIGTERM/SIGINT drain, then stop the replicas (serve.drain)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lorafleet.models import ModelError, resolve_model
 from lorafleet.paths import home_dir
 from lorafleet.registry.fleet import FleetView, read_fleet
 from lorafleet.serve.config import FleetConfig
+from lorafleet.serve.drain import DrainingServer
 from lorafleet.serve.engine import EngineManager, EngineTarget, replica_command
 from lorafleet.serve.flags import EnginePlan, derive_plan
 from lorafleet.serve.gateway import create_app
@@ -71,17 +72,20 @@ def engine_commands(planned: FleetPlan) -> list[str]:
     return lines
 
 
-def build_gateway(config: FleetConfig, planned: FleetPlan) -> FastAPI:
-    """The gateway app: spawning `config.replicas` replicas, or attached to `config.engines`."""
+def build_gateway(config: FleetConfig, planned: FleetPlan) -> tuple[FastAPI, EngineManager | None]:
+    """The gateway app and its engine manager: spawning `config.replicas` replicas, or attached to `config.engines` (no manager)."""
     logs = home_dir() / "logs"
     manager = None
     if not config.engines:
         manager = EngineManager(planned.plan, planned.target, logs, config.restart_backoff_s, config.restart_backoff_max_s)
     capacity = planned.plan.flags.max_cpu_loras if manager else config.max_cpu_loras
     request_log = config.request_log or logs / "requests.jsonl"
-    return create_app(config, planned.target.served_name, capacity, request_log, manager)
+    return create_app(config, planned.target.served_name, capacity, request_log, manager), manager
 
 
-def run(app: FastAPI, config: FleetConfig) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn then runs the app's shutdown, which stops the replicas."""
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+def run(app: FastAPI, config: FleetConfig, manager: EngineManager | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; the first drains (serve.drain), then the app's shutdown stops the replicas."""
+    server = DrainingServer(uvicorn.Config(app, host=config.host, port=config.port, log_level="info", access_log=False),
+                            lambda: getattr(app.state, "gateway", None), config.drain_timeout_s,
+                            manager.kill_all if manager is not None else lambda: None)
+    server.run()

@@ -1,18 +1,18 @@
 """One request through the gateway:
 
-    authenticate → parse → resolve (alias → version) → rank replicas → ensure loaded (or fall back)
-    → forward → record
+    key (auth dependency) → draining? → read + clamp the body → resolve (alias → version, if the key may
+    see it) → fleet capacity → the key's limits → rank replicas (skipping open breakers) → ensure loaded
+    (or fall back) → forward → record
 
 A request that fails on a replica before its first byte was sent to the client (connection refused,
-engine died mid-prefill) is retried on the next replica in rendezvous order; after the first byte
-the stream is what it is, and an error event ends it.
+5xx, no first token in time) is retried once on the next replica in rendezvous order; after the first
+byte the stream is what it is, and an error event ends it. A client that leaves before its answer
+cancels the engine request (the connection to the engine is closed, which vLLM takes as an abort).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import logging
 import random
 import secrets
@@ -22,37 +22,29 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
-import aiohttp
 from fastapi import Request
 from fastapi.responses import Response
 
 from lorafleet.registry.fleet import FleetView
 from lorafleet.serve.auth import AuthState, Principal, may_use, visible_models
-from lorafleet.serve.config import FleetConfig
-from lorafleet.serve.errors import (
-    GatewayError, bad_request, engine_unavailable, from_engine, model_not_found,
-)
+from lorafleet.serve.breaker import Breakers
+from lorafleet.serve.clamps import RequestLimits, check_max_tokens, check_request, parse_request
+from lorafleet.serve.client import ClientGone, read_body, unless_client_leaves
+from lorafleet.serve.config import FleetConfig, timeouts_for
+from lorafleet.serve.errors import GatewayError, draining, engine_unavailable, model_not_found
 from lorafleet.serve.limits import apply_adapter_limit, needs_check
 from lorafleet.serve.metrics import UNKNOWN_ALIAS, GatewayMetrics
+from lorafleet.serve.quotas import Quotas, fleet_full, overloaded
 from lorafleet.serve.replicas import Replica, ReplicaPool
 from lorafleet.serve.requestlog import RequestLog, RequestRecord
 from lorafleet.serve.routing import Target, fallback_messages, rank_replicas, resolve
-from lorafleet.serve.streaming import EmptyStream, StreamRelay
+from lorafleet.serve.upstream import AdapterGone, RetryElsewhere, forward, unreachable
 
 log = logging.getLogger("lorafleet.serve.gateway")
 Endpoint = Literal["chat.completions", "completions"]
 PATHS: dict[Endpoint, str] = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
-# Failures that mean the replica is gone, not that the request was bad: retry elsewhere. (aiohttp's read
-# timeout is also a ClientConnectionError; it is caught as asyncio.TimeoutError first.)
-REPLICA_GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
-
-
-class ReplicaGone(Exception):
-    """The replica failed before the answer's first byte; the request can go to another one."""
-
-
-class AdapterGone(Exception):
-    """The engine no longer holds the adapter the gateway thought it held (restart, other gateway)."""
+ATTEMPTS = 2  # the first replica, then one retry on another
+CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
 
 
 @dataclass
@@ -66,6 +58,9 @@ class GatewayState:
     base_name: str
     fleet: FleetView
     auth: AuthState
+    breakers: Breakers
+    quotas: Quotas = field(default_factory=Quotas)
+    admitted: dict[str, Principal] = field(default_factory=dict)  # request id → its key, until the request ends
     fleet_read_ok: bool = False
     draining: bool = False  # after the first SIGTERM: not ready, new requests get 503
     rng: random.Random = field(default_factory=random.Random)
@@ -76,14 +71,18 @@ class GatewayState:
         return f"{self.id_prefix}-{next(self.ids):x}"
 
 
-async def handle(state: GatewayState, request: Request, endpoint: Endpoint, principal: Principal) -> Response:
-    """Answer one completion request for `principal` (see the module docstring); every outcome is recorded."""
+async def handle(state: GatewayState, request: Request, endpoint: Endpoint, principal: Principal, arrived_draining: bool = False) -> Response:
+    """Answer one completion request for `principal` (see the module docstring); every outcome is recorded.
+    `arrived_draining`: the request came after SIGTERM (it is refused; one that came before is served)."""
     started = time.perf_counter()
     record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
-                           endpoint=endpoint, alias=UNKNOWN_ALIAS)
+                           endpoint=endpoint, alias=UNKNOWN_ALIAS, tenant=principal.tenant)
     headers = {"x-request-id": record.request_id}
     try:
-        body = parse_body(await request.body(), endpoint)
+        if arrived_draining:
+            raise draining()
+        limits = state.config.limits
+        body = parse_body(await read_body(request, limits.max_body_bytes), endpoint, limits)
         record.stream = bool(body.get("stream"))
         if state.config.log_prompts:
             record.prompt = body.get("messages", body.get("prompt"))
@@ -95,13 +94,23 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint, prin
             raise model_not_found(body["model"], visible_models(principal, state.fleet, state.base_name))
         record.alias, record.canary = target.alias, target.canary
         record.version = target.key
+        check_max_tokens(body, _context(state, target), body["model"])
+        healthy = len(state.pool.healthy_names())
+        if healthy and fleet_full(state.quotas.total_in_flight, state.config.max_inflight_per_replica, healthy):
+            raise overloaded()
+        state.quotas.start(principal, time.monotonic())
+        state.admitted[record.request_id] = principal
         if target.canary:
             state.metrics.canary_picks.labels(alias=target.alias, version=target.key).inc()
-        return await dispatch(state, target, body, endpoint, record, started, headers)
+        return await unless_client_leaves(request, dispatch(state, target, body, endpoint, record, started, headers))
     except GatewayError as error:
         record.status, record.error = error.status, error.message
         finish(state, record, started)
         return error.response(headers)
+    except ClientGone:
+        record.status, record.error = CLIENT_CLOSED, "the client disconnected before its answer started"
+        finish(state, record, started)
+        return Response(status_code=CLIENT_CLOSED)
     except Exception:  # a bug of ours: logged with its traceback, answered without it
         log.exception("request %s failed inside the gateway", record.request_id)
         error = GatewayError(500, f"The gateway failed on request {record.request_id}; see its log.", "server_error")
@@ -110,48 +119,73 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint, prin
         return error.response(headers)
 
 
-def parse_body(raw: bytes, endpoint: Endpoint) -> dict:
-    """The request JSON, checked only as far as routing needs; the engine validates every other parameter."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request(f"The request body must be a JSON object, not {type(body).__name__}.")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad_request("'model' is required: an alias, a NAME@vN version or the base model's name.", "model")
-    if endpoint == "chat.completions" and (not isinstance(body.get("messages"), list) or not body["messages"]):
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects.", "messages")
-    if endpoint == "completions" and not isinstance(body.get("prompt"), (str, list)):
-        raise bad_request("'prompt' is required: a string or a list of strings or token ids.", "prompt")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise bad_request("'stream' must be true or false.", "stream")
+def parse_body(raw: bytes, endpoint: Endpoint, limits: RequestLimits | None = None) -> dict:
+    """The request JSON within every clamp (serve.clamps); the engine validates the rest."""
+    limits = limits or RequestLimits()
+    body = parse_request(raw, limits)
+    check_request(body, endpoint, limits)
     return body
+
+
+def _context(state: GatewayState, target: Target) -> int | None:
+    """The most tokens the target can ever hold: its adapter's training length, else the engines' context."""
+    if target.version is not None and target.version.max_seq_length:
+        return target.version.max_seq_length
+    lengths = [r.max_model_len for r in state.pool.replicas.values() if r.healthy and r.max_model_len]
+    return min(lengths) if lengths else None
 
 
 async def dispatch(state: GatewayState, target: Target, body: dict, endpoint: Endpoint, record: RequestRecord,
                    started: float, headers: dict[str, str]) -> Response:
-    """Try replicas in rendezvous order until one answers (or fails after its first byte)."""
+    """Try replicas in rendezvous order, skipping open breakers, at most ATTEMPTS of them."""
     ranking = rank_replicas(target.key, state.pool.healthy_names())
     if not ranking:
         raise engine_unavailable("no replica is healthy")
+    breakers, key = state.breakers, target.key
+    last: GatewayError | None = None
+    attempts = 0
     for name in ranking:
         replica = state.pool.replicas[name]
-        if not replica.healthy:  # went down while an earlier attempt ran
+        if attempts == ATTEMPTS:
+            break
+        if not replica.healthy or not breakers.acquire(name, key, time.monotonic()):
             continue
-        for reload_attempt in (0, 1):
-            try:
-                upstream = await prepare(state, replica, target, body, record)
-                return await forward(state, replica, target, endpoint, upstream, body, record, started, headers)
-            except AdapterGone:
-                state.pool.forget(replica, target.key)
-                if reload_attempt:
-                    raise engine_unavailable(f"{target.key} could not be kept loaded") from None
-            except ReplicaGone as gone:
-                state.pool.mark_down(replica, str(gone))
-                record.retries += 1
-                break
-    raise engine_unavailable("every healthy replica failed before answering")
+        attempts += 1
+        try:
+            response = await _on_replica(state, replica, target, body, endpoint, record, started, headers)
+        except RetryElsewhere as failed:
+            last = failed.error
+            if failed.replica_down:
+                state.pool.mark_down(replica, str(failed))
+            if breakers.record(name, key, False, time.monotonic()):
+                log.warning("circuit open for %s on %s: %s", key, name, failed)
+            log.info("request %s failed on %s before its first byte (%s)", record.request_id, name, failed)
+            record.retries += 1
+            continue
+        except BaseException:
+            breakers.release(name, key)
+            raise
+        breakers.record(name, key, True, time.monotonic())
+        return response
+    if last is not None:
+        raise last
+    wait = min((breakers.wait_s(n, key, time.monotonic()) for n in ranking), default=1.0)
+    error = engine_unavailable(f"every replica for {target.alias} is cooling down after failures")
+    error.retry_after = max(1, round(wait))
+    raise error
+
+
+async def _on_replica(state: GatewayState, replica: Replica, target: Target, body: dict, endpoint: Endpoint,
+                      record: RequestRecord, started: float, headers: dict[str, str]) -> Response:
+    for reload_attempt in (0, 1):
+        upstream = await prepare(state, replica, target, body, record)
+        try:
+            return await send(state, replica, target, endpoint, upstream, body, record, started, headers)
+        except AdapterGone:
+            state.pool.forget(replica, target.key)
+            if reload_attempt:
+                raise engine_unavailable(f"{target.key} could not be kept loaded") from None
+    raise AssertionError("unreachable")
 
 
 async def prepare(state: GatewayState, replica: Replica, target: Target, body: dict, record: RequestRecord) -> dict:
@@ -167,7 +201,7 @@ async def prepare(state: GatewayState, replica: Replica, target: Target, body: d
             upstream = await apply_adapter_limit(state.pool.client, replica, target.version, upstream)
         return upstream
     if loaded.reason == "engine_down":  # the replica, not the adapter, failed: another replica can load it
-        raise ReplicaGone("the adapter load could not reach the engine")
+        raise unreachable("the adapter load could not reach the engine")
     record.fallback, record.fallback_reason = True, loaded.reason
     upstream = {**body, "model": base_id}
     if isinstance(body.get("messages"), list):
@@ -175,15 +209,13 @@ async def prepare(state: GatewayState, replica: Replica, target: Target, body: d
     return upstream
 
 
-async def forward(state: GatewayState, replica: Replica, target: Target, endpoint: Endpoint, upstream: dict, body: dict,
-                  record: RequestRecord, started: float, headers: dict[str, str]) -> Response:
-    """Send `upstream` to `replica` and relay the answer. Raises ReplicaGone (retry elsewhere),
-    AdapterGone (reload and retry) or GatewayError."""
+async def send(state: GatewayState, replica: Replica, target: Target, endpoint: Endpoint, upstream: dict, body: dict,
+               record: RequestRecord, started: float, headers: dict[str, str]) -> Response:
+    """Forward `upstream` to `replica` (serve.upstream), holding the adapter busy while it runs."""
     on_adapter = target.version is not None and not record.fallback
     headers = {**headers, "x-lorafleet-adapter": target.key if on_adapter else state.base_name}
     if record.fallback:
         headers["x-lorafleet-fallback"] = "base"
-    url = f"{replica.url}{PATHS[endpoint]}"
     stream = bool(body.get("stream"))
     client_wants_usage = stream and isinstance(body.get("stream_options"), dict) and bool(body["stream_options"].get("include_usage"))
     if stream:  # always ask for usage (tokens are measured); a client that did not ask never sees it
@@ -191,81 +223,33 @@ async def forward(state: GatewayState, replica: Replica, target: Target, endpoin
         upstream = {**upstream, "stream_options": {**options, "include_usage": True}}
     busy_key = upstream["model"]
     replica.busy[busy_key] += 1
+    held = [True]
+
+    def release() -> None:
+        if held[0]:
+            held[0] = False
+            replica.busy[busy_key] -= 1
+
+    streaming = False
     try:
-        try:
-            response = await state.pool.client.post(url, data=json.dumps(upstream), headers=replica.post_headers,
-                                                    timeout=aiohttp.ClientTimeout(total=state.config.request_timeout_s, connect=5.0))
-        except asyncio.TimeoutError:
-            raise engine_timeout() from None
-        except REPLICA_GONE as exc:
-            raise ReplicaGone(f"{type(exc).__name__} on {endpoint}") from None
-        if response.status != 200:
-            content = await _read_and_close(response)
-            if response.status == 404 and on_adapter and b"does not exist" in content:
-                raise AdapterGone()
-            raise from_engine(response.status, content)
-        if not stream:
-            content = await _read_and_close(response)
-            _count_usage(record, _usage_of(content))
-            record.ttft_s = None
-            finish(state, record, started)
-            return Response(content=content, media_type="application/json", headers=headers)
-        relay = StreamRelay(response, client_wants_usage)
-        try:
-            first = await relay.first_event()
-        except asyncio.TimeoutError:
-            raise engine_timeout() from None
-        except (*REPLICA_GONE, EmptyStream) as exc:
-            raise ReplicaGone(f"{type(exc).__name__} before the first byte") from None
-        record.ttft_s = time.perf_counter() - started
-        replica.busy[busy_key] += 1  # the relay holds it now; released when the stream ends
-        return relay.streaming_response(first, headers, on_end=lambda usage, error: _end_stream(state, replica, busy_key, record, started, usage, error))
+        response = await forward(state.pool.client, replica, f"{replica.url}{PATHS[endpoint]}", upstream, stream, client_wants_usage,
+                                 timeouts_for(state.config, target.alias), record, started, headers, on_adapter,
+                                 lambda r: finish(state, r, started), release)
+        streaming = stream
+        return response
     finally:
-        replica.busy[busy_key] -= 1
-
-
-def _end_stream(state: GatewayState, replica: Replica, busy_key: str, record: RequestRecord, started: float,
-                usage: dict | None, error: str | None) -> None:
-    replica.busy[busy_key] -= 1
-    _count_usage(record, usage)
-    if error:
-        record.status, record.error = 502, error
-    finish(state, record, started)
-
-
-async def _read_and_close(response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
-    except asyncio.TimeoutError:
-        raise engine_timeout() from None
-    except REPLICA_GONE as exc:
-        raise ReplicaGone(f"{type(exc).__name__} while reading the answer") from None
-    finally:
-        response.release()
-
-
-def engine_timeout() -> GatewayError:
-    return GatewayError(504, "The engine did not answer in time.", "timeout", code="engine_timeout")
-
-
-def _usage_of(content: bytes) -> dict | None:
-    try:
-        usage = json.loads(content).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    return usage if isinstance(usage, dict) else None
-
-
-def _count_usage(record: RequestRecord, usage: dict | None) -> None:
-    if usage:
-        record.prompt_tokens, record.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not streaming:  # an open stream releases the adapter when it ends
+            release()
 
 
 def finish(state: GatewayState, record: RequestRecord, started: float) -> None:
-    """Metrics and the request log line for a finished request."""
+    """Metrics, the key's token usage and the request log line for a finished request."""
     record.latency_s = round(time.perf_counter() - started, 6)
     if record.ttft_s is not None:
         record.ttft_s = round(record.ttft_s, 6)
+    principal = state.admitted.pop(record.request_id, None)
+    if principal is not None:
+        state.quotas.end(principal, (record.prompt_tokens or 0) + (record.completion_tokens or 0), time.monotonic())
     alias, version = record.alias, record.version or "none"
     m = state.metrics
     m.requests.labels(alias=alias, version=version, status=str(record.status)).inc()

@@ -40,6 +40,7 @@ class Replica:
     busy: Counter[str] = field(default_factory=Counter)  # NAME@vN → requests in flight
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     load_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    down: asyncio.Event = field(default_factory=asyncio.Event)  # set when a health check fails: requests waiting on it give up
 
     @property
     def headers(self) -> dict[str, str]:
@@ -99,9 +100,11 @@ class ReplicaPool:
         if up and not replica.healthy:
             up = await self._sync(replica)
             if up:
+                replica.down = asyncio.Event()
                 log.info("%s (%s) is healthy, holding %d adapter(s)", replica.name, replica.url, len(replica.resident))
         elif not up:
             self.mark_down(replica, "health check failed")
+            replica.down.set()  # confirmed by a probe, not one failed request: requests waiting on it give up
         replica.healthy = up
         self._publish(replica)
         return up

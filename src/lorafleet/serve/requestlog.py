@@ -21,6 +21,7 @@ class RequestRecord:
     request_id: str
     endpoint: str  # chat.completions | completions
     alias: str
+    tenant: str | None = None  # the API key's tenant ("anonymous" without keys)
     version: str | None = None
     replica: str | None = None
     status: int = 200

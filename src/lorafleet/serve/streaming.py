@@ -27,9 +27,10 @@ class EmptyStream(Exception):
 class StreamRelay:
     """Wraps an engine's streaming response (status 200, body not yet read)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool):
+    def __init__(self, response: aiohttp.ClientResponse, client_wants_usage: bool, idle_s: float | None = None):
         self.upstream = response
         self.client_wants_usage = client_wants_usage
+        self.idle_s = idle_s  # longest wait for the next event once streaming
         self.usage: dict | None = None
         self._events = sse_events(response.content.iter_any())
 
@@ -48,13 +49,26 @@ class StreamRelay:
             raise
 
     def streaming_response(self, first: bytes, headers: dict[str, str], on_end: EndHook) -> StreamingResponse:
-        return StreamingResponse(self._relay(first, on_end), media_type="text/event-stream", headers=headers)
+        self.ended = False
+        return RelayResponse(self, on_end, self._relay(first, on_end), media_type="text/event-stream", headers=headers)
+
+    def abandon(self, on_end: EndHook) -> None:
+        """The response was dropped before its first chunk (the client left just then): end it here instead."""
+        if not self.ended:
+            self.ended = True
+            self.upstream.close()
+            on_end(self.usage, "the client left before the stream started")
 
     async def _relay(self, first: bytes, on_end: EndHook) -> AsyncIterator[bytes]:
         error: str | None = None
+        self.ended = True  # from here the finally below ends the stream
         try:
             yield first
-            async for event in self._events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self._events.__anext__(), self.idle_s)
+                except StopAsyncIteration:
+                    break
                 if self._keep(event):
                     yield event
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -78,6 +92,21 @@ class StreamRelay:
             self.usage = usage
             return self.client_wants_usage or bool(chunk.get("choices"))
         return True
+
+
+class RelayResponse(StreamingResponse):
+    """A StreamingResponse that ends its relay even when it is cancelled before iterating the body (a body
+    generator that never started never runs its `finally`): the engine request and its bookkeeping are released."""
+
+    def __init__(self, relay: StreamRelay, on_end: EndHook, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.relay, self.on_end = relay, on_end
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.relay.abandon(self.on_end)
 
 
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
