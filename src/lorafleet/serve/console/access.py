@@ -44,3 +44,9 @@ def subject_valid(state: GatewayState, subject: str) -> bool:
         return False
     key = state.auth.snapshot.keys.get(subject.removeprefix(ADMIN_PREFIX))
     return key is not None and key.admin
+
+
+def tenant_of(state: GatewayState, subject: str) -> str:
+    """The tenant a session acts for in the request log: its admin key's, or `anonymous` without keys."""
+    key = state.auth.snapshot.keys.get(subject.removeprefix(ADMIN_PREFIX)) if subject.startswith(ADMIN_PREFIX) else None
+    return key.tenant if key is not None else "anonymous"

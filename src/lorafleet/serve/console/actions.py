@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse, Response
 
 from lorafleet.registry import service
 from lorafleet.registry.errors import NotFound, RegistryError
-from lorafleet.serve.console import live, views
+from lorafleet.serve.console import access, live, views
 from lorafleet.serve.console.pages import logout_response
 from lorafleet.serve.console.state import SECURITY_HEADERS, api_session, console, gateway
-from lorafleet.serve.errors import GatewayError, bad_request, model_not_found
+from lorafleet.serve.errors import GatewayError, bad_request, draining, model_not_found
 from lorafleet.serve.metrics import UNKNOWN_ALIAS
 from lorafleet.serve.proxy import dispatch, finish
 from lorafleet.serve.requestlog import RequestRecord
@@ -81,8 +81,8 @@ def action_router(refresh) -> APIRouter:  # type: ignore[no-untyped-def]
 
     @router.post("/ui/api/playground")
     async def playground(request: Request) -> Response:
-        api_session(request, changes_state=True)
-        return await ask(request, await json_body(request))
+        session = api_session(request, changes_state=True)
+        return await ask(request, await json_body(request), access.tenant_of(gateway(request), session.subject))
 
     return router
 
@@ -115,9 +115,14 @@ async def change(request: Request, refresh, alias: str, action: str, call, *args
     return JSONResponse(service.to_jsonable(revision), headers=SECURITY_HEADERS)
 
 
-async def ask(request: Request, body: dict) -> Response:
-    """One playground prompt to one model, streamed back as the gateway streams `/v1/chat/completions`."""
+async def ask(request: Request, body: dict, tenant: str) -> Response:
+    """One playground prompt to one model, streamed back as the gateway streams `/v1/chat/completions`.
+
+    Logged under the admin key's tenant; the tenants' rate limits and the fleet's capacity check do not apply
+    (an admin may see every alias, and one person's two prompts are not traffic)."""
     state = gateway(request)
+    if state.draining:
+        raise draining()
     model, prompt, max_tokens = body.get("model"), body.get("prompt"), body.get("max_tokens", 128)
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required.", "model")
@@ -129,7 +134,7 @@ async def ask(request: Request, body: dict) -> Response:
             "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
-                           endpoint="chat.completions", alias=UNKNOWN_ALIAS, stream=True)
+                           endpoint="chat.completions", alias=UNKNOWN_ALIAS, stream=True, tenant=tenant)
     headers = {"x-request-id": record.request_id}
     target = resolve(model, state.fleet, state.base_name, None, state.rng)
     if target is None:
