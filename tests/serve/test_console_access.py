@@ -56,6 +56,7 @@ def test_admin_login_sets_a_strict_httponly_cookie_and_opens_every_page(registry
             assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
             assert 'id="auth-banner"' not in shown.text
         assert client.get("/ui/api/metrics").status_code == 200
+        assert not [path for path in client.get("/openapi.json").json()["paths"] if path.startswith("/ui")]  # a UI, not the API
 
 
 def test_tenant_keys_and_bearer_headers_never_open_the_console(registry: Path, tmp_path: Path) -> None:

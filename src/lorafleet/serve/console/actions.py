@@ -36,7 +36,7 @@ PLAYGROUND_MAX_TOKENS = 512
 
 def action_router(refresh) -> APIRouter:  # type: ignore[no-untyped-def]
     """`refresh(state)` re-reads the registry into the gateway's fleet view (gateway.refresh_fleet)."""
-    router = APIRouter()
+    router = APIRouter(include_in_schema=False)  # a browser UI, not part of the gateway's API schema
 
     @router.post("/ui/logout")
     async def logout(request: Request) -> Response:

@@ -40,7 +40,7 @@ def render(request: Request, template: str, session: Session | None, status: int
 
 
 def page_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(include_in_schema=False)  # a browser UI, not part of the gateway's API schema
 
     @router.get("/ui")
     async def home(request: Request) -> Response:
