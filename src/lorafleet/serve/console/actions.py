@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import time
-from datetime import datetime, timezone
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,11 +22,9 @@ from lorafleet.registry.errors import NotFound, RegistryError
 from lorafleet.serve.console import access, live, views
 from lorafleet.serve.console.pages import logout_response
 from lorafleet.serve.console.state import SECURITY_HEADERS, api_session, console, gateway
-from lorafleet.serve.errors import GatewayError, bad_request, draining, model_not_found
-from lorafleet.serve.metrics import UNKNOWN_ALIAS
-from lorafleet.serve.proxy import dispatch, finish
-from lorafleet.serve.requestlog import RequestRecord
-from lorafleet.serve.routing import resolve, served_models
+from lorafleet.serve.errors import GatewayError, bad_request, draining
+from lorafleet.serve.proxy import dispatch, finish, open_record, route
+from lorafleet.serve.routing import served_models
 
 log = logging.getLogger("lorafleet.serve.console")
 MAX_ACTION_BODY = 64 << 10
@@ -133,13 +130,8 @@ async def ask(request: Request, body: dict, tenant: str) -> Response:
     chat = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
-    record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
-                           endpoint="chat.completions", alias=UNKNOWN_ALIAS, stream=True, tenant=tenant)
-    headers = {"x-request-id": record.request_id}
-    target = resolve(model, state.fleet, state.base_name, None, state.rng)
-    if target is None:
-        raise model_not_found(model, served_models(state.fleet, state.base_name))
-    record.alias, record.canary, record.version = target.alias, target.canary, target.key
+    record, headers = open_record(state, "chat.completions", tenant, stream=True)
+    target = route(state, model, record, None, True, lambda: served_models(state.fleet, state.base_name))
     if target.canary:
         state.metrics.canary_picks.labels(alias=target.alias, version=target.key).inc()
     try:
