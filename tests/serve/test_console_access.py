@@ -108,6 +108,23 @@ def test_revoking_the_admin_key_ends_its_sessions(registry: Path, tmp_path: Path
         assert client.get("/ui/fleet").headers["location"] == "/ui/login"
 
 
+def test_a_recorded_eval_shows_on_its_adapter_page(registry: Path, tmp_path: Path, embedded_model: Path) -> None:
+    from lorafleet.registry.evals import EvalRecord, EvalSummary, record
+    from lorafleet.registry.push import push
+    from registry.registry_artifacts import build_artifact
+
+    push(build_artifact(tmp_path / "artifact", embedded_model), "support")
+    record([EvalRecord("support", 1, "support", "2026-11-30T20:00:00+00:00", "dev.jsonl", "ab" * 32, 19, 20,
+                       EvalSummary(scored=20, failed=1, json_valid=0.95, exact=0.7, fields={"category": 0.9}, latency_p50_s=0.5))])
+    with gateway(tmp_path, "none") as url, httpx.Client(base_url=url, follow_redirects=True) as client:
+        client.get("/ui")  # opens the session of a gateway without keys
+        page = client.get("/ui/adapters/support@v1")
+        assert page.status_code == 200 and str(page.url).endswith("/ui/adapters/support@v1")
+        table = page.text[page.text.index('<table id="evals">'):]
+        for shown in ("2026-11-30 20:00:00", "dev.jsonl (abababababab)", "19 of 20, 1 failed", "95.0%", "category 90.0%", "70.0%"):
+            assert shown in table, shown
+
+
 @pytest.mark.parametrize("auth, says", [("none", "--auth none"), ("auto", "No API key exists yet")])
 def test_without_keys_the_console_opens_with_a_banner(registry: Path, tmp_path: Path, auth: str, says: str) -> None:
     with gateway(tmp_path, auth) as url, httpx.Client(base_url=url, follow_redirects=True) as client:

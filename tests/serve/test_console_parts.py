@@ -1,5 +1,5 @@
 """The console's pure parts as tables of cases: session cookies and CSRF tokens, the weight form,
-engine metrics, loss curves and the live-metrics arithmetic."""
+engine metrics, loss curves, recorded evals and the live-metrics arithmetic."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from lorafleet.registry.errors import InvalidSpec
 from lorafleet.serve.console.live import LogTail, arrival, live_view
 from lorafleet.serve.console.session import SessionSigner
-from lorafleet.serve.console.views import EngineStats, engine_stats, loss_curves, manifest_facts, routing_targets
+from lorafleet.registry.evals import EvalRecord, EvalSummary
+from lorafleet.serve.console.views import EngineStats, engine_stats, eval_rows, loss_curves, manifest_facts, routing_targets
 
 NOW = 1_800_000_000.0
 SECRET = b"s" * 32
@@ -133,6 +134,20 @@ def test_manifest_facts_name_the_fields_people_compare() -> None:
     assert facts["final train / eval loss"] == "0.5123 / ?"
     assert facts["max sequence length"] == "256"
     assert manifest_facts({})[0] == ("base model", "?")  # an old or partial manifest still renders
+
+
+@pytest.mark.parametrize("summary, model, expected", [
+    (EvalSummary(scored=20, failed=0, json_valid=1.0, exact=0.75, fields={"priority": 0.8, "category": 0.95}, latency_p50_s=0.4,
+                 latency_p95_s=1.234), "support",
+     ("support", "18 of 20", "100.0%", "category 95.0%, priority 80.0%", "75.0%", "0.40 s / 1.23 s")),
+    (EvalSummary(scored=0, failed=2, json_valid=None, exact=None, system_prompt=True), "support@v2",
+     ("support@v2 + prompt", "18 of 20, 2 failed", "-", "-", "-", "- / -")),  # nothing scored, no latency: dashes, not 0%
+])
+def test_eval_rows(summary: EvalSummary, model: str, expected: tuple[str, ...]) -> None:
+    record = EvalRecord("support", 2, model, "2026-11-30T20:00:00+00:00", "dev.jsonl", "ab" * 32, 18, 20, summary)
+    (row,) = eval_rows([record])
+    assert (row.date, row.data) == ("2026-11-30 20:00:00", "dev.jsonl (abababababab)")
+    assert (row.asked, row.answered, row.json_valid, row.fields, row.exact, row.latency) == expected
 
 
 def _record(seconds_ago: float, alias: str, version: str, status: int = 200, latency: float = 1.0, ttft: float | None = None,

@@ -97,7 +97,8 @@ def page_router() -> APIRouter:
         curves = views.loss_curves([m for m in detail.metrics if "unreadable" not in m])
         unreadable = sum(1 for m in detail.metrics if "unreadable" in m) + curves.unreadable
         return render(request, "adapter.html", session, detail=detail, facts=views.manifest_facts(detail.manifest),
-                      curves_json=json.dumps(vars(curves)).replace("<", "\\u003c"), curves=curves, unreadable=unreadable)
+                      curves_json=json.dumps(vars(curves)).replace("<", "\\u003c"), curves=curves, unreadable=unreadable,
+                      evals=views.eval_rows(detail.evals))
 
     @router.get("/ui/aliases")
     async def aliases_page(request: Request) -> Response:

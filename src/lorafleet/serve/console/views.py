@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lorafleet.registry.aliases import Route
 from lorafleet.registry.errors import InvalidSpec
+from lorafleet.registry.evals import EvalRecord
 from lorafleet.registry.fleet import FleetView
 from lorafleet.serve.replicas import Replica
 
@@ -139,6 +140,46 @@ def routing_targets(rows: list[tuple[str, str]]) -> list[str]:
     if not targets:
         raise InvalidSpec("give at least one version a weight above 0")
     return targets
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One recorded eval on the Adapters page, as text."""
+
+    date: str
+    data: str
+    asked: str
+    answered: str
+    json_valid: str
+    fields: str
+    exact: str
+    latency: str
+
+
+def eval_rows(records: list[EvalRecord]) -> list[EvalRow]:
+    """Recorded evals (`lorafleet eval --record`) as table rows, in the order given."""
+    rows = []
+    for r in records:
+        s = r.summary
+        rows.append(EvalRow(
+            date=r.started_at.replace("T", " ").removesuffix("+00:00"),
+            data=f"{r.data_name} ({r.data_sha256[:12]})",
+            asked=r.model + (" + prompt" if s.system_prompt else ""),
+            answered=f"{r.cases} of {r.run_cases}" + (f", {s.failed} failed" if s.failed else ""),
+            json_valid=_rate(s.json_valid),
+            fields=", ".join(f"{name} {_rate(rate)}" for name, rate in sorted(s.fields.items())) or "-",
+            exact=_rate(s.exact),
+            latency=f"{_secs(s.latency_p50_s)} / {_secs(s.latency_p95_s)}",
+        ))
+    return rows
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 def manifest_facts(manifest: dict) -> list[tuple[str, str]]:
