@@ -143,3 +143,19 @@ def test_cli_names_bad_data_lines_before_sending_anything(tmp_path: Path) -> Non
         assert server.requests == []
     assert result.exit_code == 2
     assert "line 2: messages: Input should be a valid list" in result.output
+
+
+def test_read_response_keeps_the_gateways_adapter_header() -> None:
+    headers = {"x-lorafleet-adapter": "support@v2"}
+    assert read_response(httpx.Response(200, json=COMPLETION, headers=headers), 0.1).adapter == "support@v2"
+    assert read_response(httpx.Response(503, json={"error": {"message": "x"}}, headers=headers), 0.1).adapter == "support@v2"
+    assert read_response(httpx.Response(200, json=COMPLETION), 0.1).adapter is None  # vLLM itself sends no such header
+
+
+def test_cli_record_refuses_when_no_answer_named_a_version(tmp_path: Path) -> None:
+    with FaultyServer() as server:  # like vLLM itself: no x-lorafleet-adapter header
+        result = CliRunner().invoke(app, ["eval", "--endpoint", server.url, "--model", "echo", "--data", str(_data(tmp_path, 2)),
+                                          "--record", "--json"])
+    assert result.exit_code == 1
+    assert "no answer named an adapter version" in result.output and "nothing was recorded" in result.output
+    assert json.loads(result.stdout)["models"][0]["cases"][0]["adapter"] is None  # the report is still printed

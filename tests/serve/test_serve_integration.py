@@ -251,6 +251,29 @@ def test_ab_report_on_the_request_log(fleet: Fleet) -> None:
     assert "greeter@v1" in table and "greeter@v2" in table and "p95 latency" in table
 
 
+def test_eval_record_scores_each_canary_version_on_its_own_answers(fleet: Fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"messages": QUESTION, "expected": {"capital": "Paris"}}) + "\n" for _ in range(16)))
+    result = subprocess.run([sys.executable, "-m", "lorafleet.cli", "eval", "--endpoint", fleet.url, "--model", "canary",
+                             "--data", str(data), "--max-tokens", "4", "--concurrency", "4", "--record", "--json"],
+                            capture_output=True, text=True, env=fleet.env)
+    assert result.returncode == 0, result.stderr
+    answered = [case["adapter"] for case in json.loads(result.stdout)["models"][0]["cases"]]
+    check = subprocess.run([sys.executable, "-m", "lorafleet.cli", "adapters", "show", "greeter@v1", "--json"],
+                           capture_output=True, text=True, env=fleet.env, check=True)
+    recorded = {1: json.loads(check.stdout)["evals"]}
+    check = subprocess.run([sys.executable, "-m", "lorafleet.cli", "adapters", "show", "greeter@v2", "--json"],
+                           capture_output=True, text=True, env=fleet.env, check=True)
+    recorded[2] = json.loads(check.stdout)["evals"]
+    # 50/50 without a session key: both versions answer 16 requests but with probability 2^-15
+    for version in (1, 2):
+        (run,) = recorded[version]
+        assert run["cases"] == answered.count(f"greeter@v{version}") > 0 and run["run_cases"] == 16
+        assert (run["model"], run["data_name"], len(run["data_sha256"])) == ("canary", "dev.jsonl", 64)
+        assert run["summary"]["scored"] == run["cases"] and run["summary"]["latency_p50_s"] > 0
+    assert "recorded eval for greeter@v1" in result.stderr
+
+
 def test_print_engine_command_shows_derived_flags(fleet: Fleet) -> None:
     result = subprocess.run([sys.executable, "-m", "lorafleet.cli", "serve", "--print-engine-command", "--replicas", "2"],
                             capture_output=True, text=True, env=fleet.env, check=True)

@@ -134,6 +134,9 @@ def adapters_show(ref: str = typer.Argument(..., help="NAME@vN, or NAME for its 
     console.print(f"[bold]{s.ref}[/] pushed {s.created_at:%Y-%m-%d %H:%M:%S} by {s.pushed_by or '?'}; aliases: {' '.join(s.aliases) or 'none'}", highlight=False)
     console.print(f"base {m.get('base_model')}; lora {json.dumps(m.get('lora'))}; max_seq_length {m.get('max_seq_length')}", highlight=False)
     console.print(f"metrics {json.dumps(m.get('metrics'))} ({len(detail.metrics)} lines in metrics.jsonl)", highlight=False)
+    for e in detail.evals:  # newest first; `--json` has every score
+        console.print(f"eval {e.started_at} {e.data_name} via {e.model}: {e.cases}/{e.run_cases} answered, exact match "
+                      f"{'-' if e.summary.exact is None else f'{e.summary.exact:.1%}'}", highlight=False)
     table = Table("file", "sha256")
     for path, digest in sorted(detail.checksums.items()):
         table.add_row(path, digest)

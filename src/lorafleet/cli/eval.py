@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lorafleet.cli.common import console, err_console, fail
+
+if TYPE_CHECKING:
+    from lorafleet.eval.report import EvalReport
 
 
 def _prompt_text(value: str | None, flag: str) -> str | None:
@@ -42,10 +46,16 @@ def eval_command(
     examples: int = typer.Option(0, "--examples", min=0, help="Also print the first N answers of each model."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON report to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout instead of tables."),
+    record: bool = typer.Option(
+        False, "--record",
+        help="Store the scores in the registry against each adapter version that answered (named by the lorafleet gateway's "
+             "x-lorafleet-adapter header); shown by `adapters show` and the console.",
+    ),
 ) -> None:
     """Send each conversation greedily, score the answers against `expected`, print JSON-valid rate, accuracy, latency.
 
-    Exit status 0 when every request got an answer, 1 when some failed (they are scored as wrong, never dropped).
+    Exit status 0 when every request got an answer, 1 when some failed (they are scored as wrong, never dropped)
+    or when --record found no adapter version to record against.
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -88,9 +98,26 @@ def eval_command(
         print(report.model_dump_json(indent=2))
     else:
         print_report(report, console, examples)
+    if record:
+        _record(report, data)
     if any(m.failed for m in report.models):
         err_console.print("[yellow]some requests failed; they are scored as wrong answers (see the report)[/]")
         raise typer.Exit(1)
+
+
+def _record(report: EvalReport, data: Path) -> None:
+    from lorafleet.eval.recording import record_report
+    from lorafleet.registry.errors import RegistryError
+
+    try:
+        recorded = record_report(report, data)
+    except RegistryError as exc:
+        fail(f"--record: {exc}", 1)
+    if not recorded:
+        fail("--record: no answer named an adapter version (the x-lorafleet-adapter header), so nothing was recorded; "
+             "evaluate an alias or NAME@vN through the lorafleet gateway", 1)
+    refs = ", ".join(f"{r.ref} ({r.cases}/{r.run_cases} answers via {r.model})" for r in recorded)
+    err_console.print(f"recorded eval for {refs}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

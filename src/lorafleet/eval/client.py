@@ -18,6 +18,7 @@ import httpx
 from lorafleet.eval.report import Status
 
 ANSWER_CHARS = 2_000  # answers are kept in the report for examples and error analysis, not in full
+ADAPTER_HEADER = "x-lorafleet-adapter"  # the lorafleet gateway names the version (or base model) that answered
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Outcome:
     error: str | None = None
     latency_s: float | None = None
     completion_tokens: int | None = None
+    adapter: str | None = None  # the gateway's ADAPTER_HEADER; None from servers that do not send it
 
 
 def chat_completions_url(endpoint: str) -> str:
@@ -62,19 +64,20 @@ def request_body(model: str, messages: list[dict[str, str]], settings: RequestSe
 
 def read_response(response: httpx.Response, latency_s: float) -> Outcome:
     """An Outcome from an HTTP response: the answer of a 2xx with a chat completion body, else a failure."""
+    adapter = response.headers.get(ADAPTER_HEADER)
     if response.status_code >= 300:
-        return Outcome("http_error", http_status=response.status_code, latency_s=latency_s,
+        return Outcome("http_error", http_status=response.status_code, latency_s=latency_s, adapter=adapter,
                        error=f"HTTP {response.status_code}: {_error_message(response)}")
     try:
         body = response.json()
         content = body["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        return Outcome("bad_response", http_status=response.status_code, latency_s=latency_s,
+        return Outcome("bad_response", http_status=response.status_code, latency_s=latency_s, adapter=adapter,
                        error=f"not a chat completion: {response.text[:200]!r}")
     usage = body.get("usage") or {}
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return Outcome("ok", answer=(content or "")[:ANSWER_CHARS], http_status=response.status_code, latency_s=latency_s,
-                   completion_tokens=tokens if isinstance(tokens, int) else None)
+                   completion_tokens=tokens if isinstance(tokens, int) else None, adapter=adapter)
 
 
 async def send(client: httpx.AsyncClient, url: str, body: dict[str, Any], timeout_s: float) -> Outcome:

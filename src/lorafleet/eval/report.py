@@ -38,6 +38,8 @@ class CaseResult(BaseModel):
     latency_s: float | None = Field(None, description="request wall time; None when no response came back")
     completion_tokens: int | None = None
     answer: str | None = Field(None, description="the assistant's text (first 2,000 characters)")
+    adapter: str | None = Field(None, description="who answered, from the lorafleet gateway's x-lorafleet-adapter header: "
+                                                 "NAME@vN, or the base model's name (None from other servers)")
     expected: dict[str, Any] = Field(default_factory=dict)
     score: CaseScore | None = Field(None, description="None for lines without `expected` or `required`")
 

@@ -98,5 +98,5 @@ def case_result(case: EvalCase, outcome: Outcome) -> CaseResult:
     return CaseResult(
         line=case.line, status=outcome.status, error=outcome.error, http_status=outcome.http_status,
         latency_s=outcome.latency_s, completion_tokens=outcome.completion_tokens, answer=outcome.answer,
-        expected=case.expected, score=score,
+        expected=case.expected, score=score, adapter=outcome.adapter,
     )

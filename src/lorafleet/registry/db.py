@@ -23,7 +23,7 @@ from lorafleet.paths import home_dir
 from lorafleet.registry.aliases import Action, AliasRevision, Route
 from lorafleet.registry.schema import (  # the rows and the schema version are part of db's interface
     MIGRATIONS, SCHEMA_VERSION, AdapterVersion, BaseModelRecord, adapter_names, adapter_versions, alias_revisions,
-    alias_routes, base_model, schema_version,
+    alias_routes, base_model, eval_runs, schema_version,
 )
 
 T = TypeVar("T")
@@ -165,6 +165,8 @@ def list_versions(conn: Connection) -> list[AdapterVersion]:
 
 
 def delete_version(conn: Connection, name: str, version: int) -> None:
+    """The version's row and its recorded evals (a number is never reissued, but its evals mean nothing without it)."""
+    conn.execute(eval_runs.delete().where(eval_runs.c.name == name, eval_runs.c.version == version))
     conn.execute(adapter_versions.delete().where(adapter_versions.c.name == name, adapter_versions.c.version == version))
 
 

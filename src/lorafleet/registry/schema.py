@@ -79,11 +79,30 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True)),
 )
 
+# `lorafleet eval --record` results, one row per adapter version that answered (registry.evals); `summary`
+# is the JSON of evals.EvalSummary. Rows go with their version on `adapters rm`.
+eval_runs = Table(
+    "eval_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("model", Text, nullable=False),  # what the eval asked for: an alias or NAME@vN
+    Column("started_at", Text, nullable=False),  # when the eval ran (ISO 8601, UTC)
+    Column("data_name", Text, nullable=False),
+    Column("data_sha256", String(64), nullable=False),
+    Column("cases", Integer, nullable=False),  # conversations this version answered
+    Column("run_cases", Integer, nullable=False),  # conversations sent for `model` in all
+    Column("summary", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("ix_eval_runs_version", "name", "version"),
+)
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     lambda conn: metadata.create_all(
         conn, tables=[base_model, adapter_names, adapter_versions, alias_revisions, alias_routes]
     ),
     lambda conn: metadata.create_all(conn, tables=[api_keys]),
+    lambda conn: metadata.create_all(conn, tables=[eval_runs]),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

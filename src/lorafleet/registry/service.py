@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from lorafleet.bounded_json import MAX_JSON_BYTES, JsonRefused, parse_json, read_capped
-from lorafleet.registry import aliases, checks, db, store
+from lorafleet.registry import aliases, checks, db, evals, store
 from lorafleet.registry.aliases import AliasRevision, Route
 from lorafleet.registry.errors import InUse, InvalidName, NotFound
 from lorafleet.registry.store import GcReport
@@ -37,13 +37,14 @@ class VersionSummary:
 
 @dataclass(frozen=True)
 class VersionDetail:
-    """`adapters show`: the version, its manifest, its metrics log, its checksums and its aliases."""
+    """`adapters show`: the version, its manifest, its metrics log, its checksums, its aliases and its recorded evals."""
 
     summary: VersionSummary
     content_path: str
     manifest: dict
     checksums: dict[str, str]
     metrics: list[dict]
+    evals: list[evals.EvalRecord] = field(default_factory=list)  # `lorafleet eval --record` runs, newest first
 
 
 def list_adapters() -> list[VersionSummary]:
@@ -59,16 +60,16 @@ def show(ref: str) -> VersionDetail:
     """`NAME@vN`, or the latest version of NAME. Raises NotFound."""
     name, version = aliases.parse_ref(ref)
 
-    def read(conn: Connection) -> tuple[db.AdapterVersion, dict]:
+    def read(conn: Connection) -> tuple[db.AdapterVersion, dict, list[evals.EvalRecord]]:
         found = db.get_version(conn, name, version)
         if found is None:
             raise NotFound(_missing(ref))
-        return found, _pointers(db.live_routes(conn))
+        return found, _pointers(db.live_routes(conn)), evals.read(conn, found.name, found.version)
 
-    found, pointers = db.run_transaction(db.connect(), read)
+    found, pointers, recorded = db.run_transaction(db.connect(), read)
     manifest = json.loads(found.manifest)
     path = store.content_path(found.content_sha256)
-    return VersionDetail(_summary(found, pointers), str(path), manifest, manifest.get("files", {}), _metrics(path))
+    return VersionDetail(_summary(found, pointers), str(path), manifest, manifest.get("files", {}), _metrics(path), recorded)
 
 
 def remove(ref: str) -> VersionSummary:

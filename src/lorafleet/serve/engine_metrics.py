@@ -29,10 +29,15 @@ class _Snapshot:
 
 
 def relabel(texts: dict[str, str]) -> list[Metric]:
-    """Merge Prometheus text exposition from several replicas, adding `replica="<name>"` to every sample."""
+    """Merge Prometheus text exposition from several replicas, adding `replica="<name>"` to every sample; a text
+    that does not parse is left out."""
     merged: dict[str, Metric] = {}
     for replica, text in sorted(texts.items()):
-        for family in text_string_to_metric_families(text):
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:  # not Prometheus text (not a vLLM server?): left out, like a replica that did not answer
+            continue
+        for family in families:
             target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
             for s in family.samples:
                 target.samples.append(Sample(s.name, {**s.labels, "replica": replica}, s.value, s.timestamp, s.exemplar))

@@ -1,9 +1,10 @@
 """The FastAPI gateway: the OpenAI routes it means to serve, health, metrics — and nothing else.
 
 The engines' own admin routes (`/v1/load_lora_adapter`, `/adapters`, …) are never forwarded: only
-the routes below exist, and every other path is an OpenAI-shaped 404. Two background tasks run
-beside the requests: the registry poll (alias changes live within `registry_poll_s`) and the
-replica supervisor (health checks; restarts of spawned replicas with backoff).
+the routes below exist (and the web console under `/ui`, serve/console), and every other path is an
+OpenAI-shaped 404. Two background tasks run beside the requests: the registry poll (alias changes
+live within `registry_poll_s`) and the replica supervisor (health checks; restarts of spawned
+replicas with backoff).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from lorafleet.registry.fleet import FleetView, read_fleet
 from lorafleet.registry.keys import KeySnapshot, read_key_snapshot
-from lorafleet.serve import admin
+from lorafleet.serve import admin, console
 from lorafleet.serve.auth import AuthState, Principal, require_admin, require_key, visible_models
 from lorafleet.serve.breaker import Breakers
 from lorafleet.serve.config import FleetConfig
@@ -125,6 +126,8 @@ def create_app(config: FleetConfig, base_name: str, capacity: int, log_path: Pat
     @app.get("/metrics/engines", dependencies=[Depends(metrics_access)])
     async def engine_metrics(request: Request) -> Response:
         return Response(await scrape_engines(request.app.state.gateway.pool), media_type=CONTENT_TYPE_LATEST)
+
+    console.install(app, lambda state: refresh_fleet(state, fleet_reader, key_reader))
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

@@ -17,7 +17,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
@@ -75,9 +75,7 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint, prin
     """Answer one completion request for `principal` (see the module docstring); every outcome is recorded.
     `arrived_draining`: the request came after SIGTERM (it is refused; one that came before is served)."""
     started = time.perf_counter()
-    record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
-                           endpoint=endpoint, alias=UNKNOWN_ALIAS, tenant=principal.tenant)
-    headers = {"x-request-id": record.request_id}
+    record, headers = open_record(state, endpoint, principal.tenant)
     try:
         if arrived_draining:
             raise draining()
@@ -89,11 +87,7 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint, prin
         sticky = request.headers.get("x-session-id") or (body["user"] if isinstance(body.get("user"), str) else None)
         # an alias the key may not use answers exactly like one that does not exist: names do not leak
         visible = may_use(principal, body["model"], state.fleet, state.base_name)
-        target = resolve(body["model"], state.fleet, state.base_name, sticky, state.rng) if visible else None
-        if target is None:
-            raise model_not_found(body["model"], visible_models(principal, state.fleet, state.base_name))
-        record.alias, record.canary = target.alias, target.canary
-        record.version = target.key
+        target = route(state, body["model"], record, sticky, visible, lambda: visible_models(principal, state.fleet, state.base_name))
         check_max_tokens(body, _context(state, target), body["model"])
         healthy = len(state.pool.healthy_names())
         if healthy and fleet_full(state.quotas.total_in_flight, state.config.max_inflight_per_replica, healthy):
@@ -117,6 +111,24 @@ async def handle(state: GatewayState, request: Request, endpoint: Endpoint, prin
         record.status, record.error = 500, error.message
         finish(state, record, started)
         return error.response(headers)
+
+
+def open_record(state: GatewayState, endpoint: Endpoint, tenant: str | None, stream: bool = False) -> tuple[RequestRecord, dict[str, str]]:
+    """A new request's log record (alias unknown until it resolves) and the headers every answer to it carries."""
+    record = RequestRecord(time=datetime.now(timezone.utc).isoformat(), request_id=state.next_request_id(),
+                           endpoint=endpoint, alias=UNKNOWN_ALIAS, stream=stream, tenant=tenant)
+    return record, {"x-request-id": record.request_id}
+
+
+def route(state: GatewayState, model: str, record: RequestRecord, sticky: str | None, visible: bool,
+          known: Callable[[], list[str]]) -> Target:
+    """`model` → its target, noted on `record`; a name the caller may not use (`visible` False) or that the fleet
+    does not serve raises model_not_found listing `known()`."""
+    target = resolve(model, state.fleet, state.base_name, sticky, state.rng) if visible else None
+    if target is None:
+        raise model_not_found(model, known())
+    record.alias, record.canary, record.version = target.alias, target.canary, target.key
+    return target
 
 
 def parse_body(raw: bytes, endpoint: Endpoint, limits: RequestLimits | None = None) -> dict:
