@@ -17,7 +17,7 @@ from lorafleet.demo.quickstart import ALIAS, STEPS, DemoOptions, run_demo
 from lorafleet.demo.ticket_files import BAD_LINES
 from lorafleet.demo.triage import FORMAT_INSTRUCTIONS
 from lorafleet.eval.report import EvalReport
-from lorafleet.registry import service
+from lorafleet.registry import evals, service
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = 6
@@ -60,6 +60,9 @@ def test_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path, monkeyp
     assert saved.models[0].system_prompt == FORMAT_INSTRUCTIONS and saved.models[1].system_prompt is None
     for m in saved.models:
         assert m.requests == DEV and m.scored == DEV and not m.failures
+    # recorded against the promoted version, which answered every ticket sent to the alias
+    [recorded] = evals.evals_of(refs[1])
+    assert recorded.model == ALIAS and recorded.cases == recorded.run_cases == DEV and evals.evals_of(refs[0]) == []
     # the console shows every step with its time, the eval table and the examples
     text = console.export_text()
     assert len(result.steps) == STEPS

@@ -31,6 +31,7 @@ from lorafleet.demo import build, traffic
 from lorafleet.demo.fleet import RunningFleet, build_registry
 from lorafleet.demo.steps import StepLog, StepTime
 from lorafleet.demo.triage import FORMAT_INSTRUCTIONS
+from lorafleet.eval.recording import record_report
 from lorafleet.eval.render import summary_table
 from lorafleet.eval.report import EvalReport
 from lorafleet.eval.runner import Target
@@ -165,6 +166,9 @@ def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptio
         report = traffic.run_eval(fleet.url, dev, targets, None, console)
         eval_path = out / "eval" / "eval-report.json"
         traffic.write_eval_report(eval_path, report)
+        recorded = record_report(report, dev)  # as `lorafleet eval --record`: the console's adapter page shows it
+        said = ", ".join(r.ref for r in recorded) or "no version (nothing stored)"
+        console.print(f"eval recorded for {said}: `lorafleet adapters show` and the console's adapter page list it", highlight=False)
         console.print(summary_table(report))
         console.print(traffic.examples_table(report, 3))
         console.print(f"full report with confusion tables: {eval_path}", highlight=False)
