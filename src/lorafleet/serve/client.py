@@ -6,7 +6,6 @@ stops the generation it asked for.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
@@ -14,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from lorafleet.serve.clamps import body_too_large
+from lorafleet.serve.races import Interrupted, unless
 
 
 class ClientGone(Exception):
@@ -36,23 +36,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, Response]) -> Response:
     """Run `work`, cancelling it (and so closing its engine connection) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the server is stopping this request: the work goes with it
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):  # whatever it was doing, nobody is waiting for it now
-        pass
-    raise ClientGone()
+        return await unless(work, _disconnected(request))
+    except Interrupted:
+        raise ClientGone() from None
 
 
 async def _disconnected(request: Request) -> None:

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from lorafleet.serve.config import Timeouts
 from lorafleet.serve.errors import GatewayError, from_engine
+from lorafleet.serve.races import Interrupted, unless
 from lorafleet.serve.replicas import Replica
 from lorafleet.serve.requestlog import RequestRecord
 from lorafleet.serve.streaming import CLIENT_LEFT, EmptyStream, StreamRelay
@@ -110,23 +111,10 @@ async def _exchange(client: aiohttp.ClientSession, url: str, upstream: dict, rep
 async def unless_down(replica: Replica, work: Coroutine[Any, Any, T]) -> T:
     """`work`, abandoned when the replica fails its health check meanwhile (a stalled engine never answers; the
     request has sent the client nothing yet, so it goes to another replica)."""
-    task = asyncio.ensure_future(work)
-    down = asyncio.ensure_future(replica.down.wait())
     try:
-        await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        down.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):  # its connection is dropped; nobody waits for the answer
-        pass
-    raise unreachable("the replica failed its health check while the request waited")
+        return await unless(work, replica.down.wait())
+    except Interrupted:
+        raise unreachable("the replica failed its health check while the request waited") from None
 
 
 async def _read_and_close(response: aiohttp.ClientResponse) -> bytes:
