@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from serve_fleet import (
-    READY_TIMEOUT_S, Attached, Fleet, attached_gateway, build_registry, create_key, engine_processes, free_port, tail, wait_ready,
+    READY_TIMEOUT_S, Attached, Fleet, attached_gateway, build_registry, create_key, engine_processes, free_port, stop_gateway, tail,
+    wait_ready,
 )
 
 
@@ -49,12 +50,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, embedded_model: Path) -> Ite
         yield running
     finally:
         engines += engine_processes(process.pid)  # replicas restarted during the session too
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gateway(process)
         _, alive = psutil.wait_procs(engines, timeout=30)
         for survivor in alive:
             survivor.kill()

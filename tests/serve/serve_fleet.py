@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,6 +137,16 @@ def wait_ready(fleet: Fleet, replicas: int, timeout_s: float) -> None:
 def tail(path: Path, lines: int = 40) -> str:
     text = path.read_text(errors="replace") if path.is_file() else "(no log)"
     return f"--- {path.name}\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def stop_gateway(process: subprocess.Popen) -> None:
+    """SIGTERM, as an operator stops it (the drain, then the replicas); SIGKILL after 60 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def engine_processes(gateway_pid: int) -> list[psutil.Process]:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from serve_fleet import PHRASE_V1, Fleet, free_port, tail, wait_ready
+from serve_fleet import PHRASE_V1, Fleet, free_port, stop_gateway, tail, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 ALIAS = "console"
@@ -89,12 +89,7 @@ def console_fleet(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Ite
         wait_ready(Fleet(running.url, home, process, log, running.request_log, env), replicas=2, timeout_s=120)
         yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gateway(process)
         assert process.returncode in (0, -signal.SIGTERM), tail(log)
 
 
