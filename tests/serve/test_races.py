@@ -33,36 +33,28 @@ def test_the_first_to_finish_decides(work_s: float, stop_s: float, outcome: obje
         assert asyncio.run(race()) == outcome
 
 
+async def _slow_work(seen: list[str], error_on_cancel: bool) -> None:
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        seen.append("cancelled")
+        if error_on_cancel:
+            raise RuntimeError("a connection error while closing: nobody waits for it") from None
+        raise
+
+
 def test_abandoned_work_is_cancelled_and_its_error_is_not_raised() -> None:
     seen: list[str] = []
-
-    async def work() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise RuntimeError("a connection error while closing: nobody waits for it")
-
-    async def race() -> None:
-        await unless(work(), _after(0.01))
-
     with pytest.raises(Interrupted):
-        asyncio.run(race())
+        asyncio.run(unless(_slow_work(seen, error_on_cancel=True), _after(0.01)))
     assert seen == ["cancelled"]
 
 
 def test_a_cancelled_caller_cancels_the_work() -> None:
     seen: list[str] = []
 
-    async def work() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
     async def caller() -> None:
-        racing = asyncio.ensure_future(unless(work(), _after(10)))
+        racing = asyncio.ensure_future(unless(_slow_work(seen, error_on_cancel=False), _after(10)))
         await asyncio.sleep(0.01)
         racing.cancel()
         with pytest.raises(asyncio.CancelledError):
