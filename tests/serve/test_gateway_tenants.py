@@ -63,6 +63,12 @@ def test_admin_routes_need_an_admin_key(gateway) -> None:  # type: ignore[no-unt
         tenant = httpx.get(f"{url}{path}", headers=keys["team"])
         assert tenant.status_code == 403 and tenant.json()["error"]["type"] == "permission_error", path
         assert httpx.get(f"{url}{path}", headers=keys["ops"]).status_code == 200, path
+    for action in ("load", "unload"):  # engine control: admin only, and a name that does not exist is a 404
+        path = f"{url}/admin/replicas/replica-0/{action}"
+        assert httpx.post(path, json={"version": "sup@v1"}).status_code == 401
+        assert httpx.post(path, headers=keys["team"], json={"version": "sup@v1"}).status_code == 403
+        missing = httpx.post(f"{url}/admin/replicas/nope/{action}", headers=keys["ops"], json={"version": "sup@v1"})
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
     listing = httpx.get(f"{url}/admin/keys", headers=keys["ops"]).json()["data"]
     assert {k["tenant"] for k in listing} == {"team-a", "ops", "team-b"} and "hash" not in str(listing)
     created = httpx.post(f"{url}/admin/keys", headers=keys["ops"], json={"tenant": "team-c", "aliases": ["billing"]})

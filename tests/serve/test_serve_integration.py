@@ -19,7 +19,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_fleet import Fleet, tail
+from serve_fleet import Fleet, engine_endpoints, tail
 
 # The first test pays for the session's fleet: training three small adapters and starting two replicas.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -327,3 +327,32 @@ def test_killing_a_replica_under_traffic_loses_no_request(fleet: Fleet) -> None:
     while f"start #2 of {victim}" not in (fleet.home / "logs" / f"{victim}.log").read_text():
         assert time.monotonic() < deadline, f"the killed replica was not restarted:\n{tail(fleet.gateway_log)}"
         time.sleep(0.5)
+
+
+def test_admin_engine_control_loads_and_evicts_a_version(fleet: Fleet) -> None:
+    """`POST /admin/replicas/{replica}/load|unload` on real replicas (the session fleet has no keys: every caller
+    is an admin; tenant keys are refused in test_gateway_tenants.py)."""
+    with fleet.client() as http:
+        def resident(replica: str) -> list[str]:
+            state = {r["name"]: r for r in http.get("/admin/replicas").json()["data"]}
+            return state[replica]["resident"]
+
+        replica = http.get("/admin/replicas").json()["data"][0]["name"]
+        evicted = http.post(f"/admin/replicas/{replica}/unload", json={"version": "greeter@v1"})
+        assert evicted.status_code == 200 and "greeter@v1" not in evicted.json()["resident"]
+        assert "greeter@v1" not in resident(replica)
+        loaded = http.post(f"/admin/replicas/{replica}/load", json={"version": "greeter@v1"})
+        assert loaded.status_code == 200 and "greeter@v1" in loaded.json()["resident"]
+        assert "greeter@v1" in resident(replica)
+        # the engine really holds it: vLLM lists its loaded adapters among its models
+        endpoint = engine_endpoints(fleet)[replica]
+        models = httpx.get(f"{endpoint['url']}/v1/models", headers={"Authorization": f"Bearer {endpoint['api_key']}"}, timeout=10)
+        assert "greeter@v1" in [m["id"] for m in models.json()["data"]]
+        for path, body, status, param in [(f"/admin/replicas/{replica}/load", {"version": "greeter@v99"}, 404, "version"),
+                                          ("/admin/replicas/nope/load", {"version": "greeter@v1"}, 404, None),
+                                          (f"/admin/replicas/{replica}/load", {"versions": "greeter@v1"}, 400, None)]:
+            refused = http.post(path, json=body)
+            assert refused.status_code == status and set(refused.json()["error"]) == {"message", "type", "param", "code"}, path
+            if param:
+                assert refused.json()["error"]["param"] == param
+

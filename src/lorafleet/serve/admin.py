@@ -5,6 +5,8 @@
     POST /admin/keys/{key_id}/revoke  revoke a key (every gateway on the registry refuses it within ~1 s)
     PUT  /admin/aliases/{alias}       route an alias: {"targets": ["NAME@vN=W", ...], "fallback_prompt": ...}
     GET  /admin/replicas              engine replicas: health, resident adapters, requests in flight, open breakers
+    POST /admin/replicas/{replica}/load    {"version": "NAME@vN"}: make a version resident (warm it before traffic)
+    POST /admin/replicas/{replica}/unload  {"version": "NAME@vN"}: evict it (it loads again on its next request)
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lorafleet.registry import keys as registry_keys
+from lorafleet.registry.fleet import ServedVersion
 from lorafleet.registry import service
 from lorafleet.registry.errors import NotFound, RegistryError
 from lorafleet.serve.auth import Principal, require_admin
 from lorafleet.serve.errors import GatewayError, bad_request
+from lorafleet.serve.proxy import GatewayState
+from lorafleet.serve.replicas import Replica
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -44,6 +49,14 @@ class AliasRequest(BaseModel):
 
     targets: list[str] = Field(description="NAME@vN or NAME@vN=WEIGHT entries, weights summing to 100")
     fallback_prompt: str | None = Field(None, description="system prompt the base model answers with when the adapter cannot load")
+
+
+class VersionRequest(BaseModel):
+    """A version to load into, or evict from, one replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="NAME@vN, a version in the registry")
 
 
 async def _parsed(request: Request, model: type[BaseModel]) -> BaseModel:
@@ -102,3 +115,37 @@ async def replicas(request: Request, _: Principal = Depends(require_admin)) -> J
     data = [{"name": r.name, "healthy": r.healthy, "resident": sorted(r.resident), "in_flight": sum(r.busy.values()),
              "open_breakers": state.breakers.open_keys(r.name)} for r in state.pool.replicas.values()]
     return JSONResponse({"object": "list", "data": data, "draining": state.draining})
+
+
+def _replica_and_version(request: Request, replica_name: str, ref: str) -> tuple[GatewayState, Replica, ServedVersion]:
+    state: GatewayState = request.app.state.gateway
+    replica = state.pool.replicas.get(replica_name)
+    if replica is None:
+        raise GatewayError(404, f"no replica named {replica_name!r} (GET /admin/replicas lists them)", "invalid_request_error",
+                           code="not_found")
+    version = state.fleet.versions.get(ref)
+    if version is None:
+        raise GatewayError(404, f"no version {ref!r} in the registry", "invalid_request_error", param="version", code="not_found")
+    return state, replica, version
+
+
+@router.post("/replicas/{replica_name}/load", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": VersionRequest.model_json_schema()}}}})
+async def load_version(replica_name: str, request: Request, _: Principal = Depends(require_admin)) -> JSONResponse:
+    wanted = await _parsed(request, VersionRequest)
+    state, replica, version = _replica_and_version(request, replica_name, wanted.version)
+    if not replica.healthy:
+        raise GatewayError(503, f"replica {replica_name!r} is down", "service_unavailable", code="replica_down")
+    loaded = await state.pool.ensure_loaded(replica, version)
+    if not loaded.ok:
+        raise GatewayError(502, f"{version.ref} did not load on {replica_name}: {loaded.reason}", "engine_error",
+                           param="version", code="adapter_load_failed")
+    return JSONResponse({"replica": replica_name, "version": version.ref, "resident": sorted(replica.resident)})
+
+
+@router.post("/replicas/{replica_name}/unload", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": VersionRequest.model_json_schema()}}}})
+async def unload_version(replica_name: str, request: Request, _: Principal = Depends(require_admin)) -> JSONResponse:
+    wanted = await _parsed(request, VersionRequest)
+    state, replica, version = _replica_and_version(request, replica_name, wanted.version)
+    if version.ref in replica.resident:
+        await state.pool.unload(replica, version.ref)
+    return JSONResponse({"replica": replica_name, "version": version.ref, "resident": sorted(replica.resident)})
