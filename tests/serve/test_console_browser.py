@@ -33,6 +33,7 @@ from serve_fleet import PHRASE_V1, Fleet, free_port, stop_gateway, tail, wait_re
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 ALIAS = "console"
+PAGE_TIMEOUT_MS = 90_000  # Playwright's 30 s default is too short for a first page load on a loaded 2-core machine
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -114,6 +115,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, console_fleet: ConsoleFleet) -> Iterator[Page]:
     context = browser.new_context(base_url=console_fleet.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     yield context.new_page()
     context.close()
 
@@ -269,6 +271,7 @@ def test_state_change_without_csrf_token_is_refused(page: Page, console_fleet: C
 
 def test_gateway_without_auth_says_so_in_a_banner(browser: Browser, fleet: Fleet, tmp_path: Path) -> None:
     context = browser.new_context(base_url=fleet.url)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     page.goto("/ui")
     expect(page).to_have_url(re.compile(r".*/ui/fleet$"))

@@ -337,12 +337,16 @@ def test_admin_engine_control_loads_and_evicts_a_version(fleet: Fleet) -> None:
             state = {r["name"]: r for r in http.get("/admin/replicas").json()["data"]}
             return state[replica]["resident"]
 
-        replica = http.get("/admin/replicas").json()["data"][0]["name"]
+        deadline = time.monotonic() + 120  # an earlier fault test may have left a replica restarting
+        while not (healthy := [r["name"] for r in http.get("/admin/replicas").json()["data"] if r["healthy"]]):
+            assert time.monotonic() < deadline, http.get("/admin/replicas").text
+            time.sleep(1)
+        replica = healthy[0]
         evicted = http.post(f"/admin/replicas/{replica}/unload", json={"version": "greeter@v1"})
         assert evicted.status_code == 200 and "greeter@v1" not in evicted.json()["resident"]
         assert "greeter@v1" not in resident(replica)
         loaded = http.post(f"/admin/replicas/{replica}/load", json={"version": "greeter@v1"})
-        assert loaded.status_code == 200 and "greeter@v1" in loaded.json()["resident"]
+        assert loaded.status_code == 200 and "greeter@v1" in loaded.json()["resident"], loaded.text
         assert "greeter@v1" in resident(replica)
         # the engine really holds it: vLLM lists its loaded adapters among its models
         endpoint = engine_endpoints(fleet)[replica]
