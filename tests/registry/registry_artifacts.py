@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from lorafleet.artifact import (
@@ -51,3 +52,12 @@ def reseal(folder: Path, **manifest_updates: object) -> None:
     """Recompute the manifest's checksums (and apply updates), so only the intended defect remains."""
     manifest = load_manifest(folder).model_copy(update={"files": file_checksums(folder), **manifest_updates})
     write_manifest(folder, manifest)
+
+
+def edit_config(**changes: object) -> Callable[[Path], None]:
+    """A tamper step: set `changes` in the artifact's adapter_config.json, then reseal the manifest."""
+    def tamper(folder: Path) -> None:
+        path = folder / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+        reseal(folder)
+    return tamper

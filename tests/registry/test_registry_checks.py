@@ -12,7 +12,7 @@ import pytest
 from lorafleet.registry import checks, service, store
 from lorafleet.registry.errors import ArtifactRejected, InvalidName
 from lorafleet.registry.push import init_base, push
-from registry_artifacts import reseal
+from registry_artifacts import edit_config, reseal
 
 BAD_NAMES = {
     "../x": "path separator",
@@ -59,14 +59,6 @@ def _add_file(name: str, content: bytes = b"x") -> Callable[[Path], None]:
     return tamper
 
 
-def _edit_config(**changes: object) -> Callable[[Path], None]:
-    def tamper(folder: Path) -> None:
-        path = folder / "adapter_config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-        reseal(folder)
-    return tamper
-
-
 def _symlink(folder: Path) -> None:
     os.symlink("adapter_model.safetensors", folder / "weights-link.safetensors")
 
@@ -98,7 +90,7 @@ REFUSALS: dict[str, tuple[dict, Callable[[Path], None], str]] = {
     "pickle .pt": ({}, _add_file("optimizer.pt"), "pickle-format"),
     "pickle .pkl": ({}, _add_file("state.pkl"), "pickle-format"),
     "python file": ({}, _add_file("modeling_evil.py", b"import os\n"), "Python file"),
-    "auto_map": ({}, _edit_config(auto_map={"AutoModel": "modeling_evil.Model"}), "auto_map"),
+    "auto_map": ({}, edit_config(auto_map={"AutoModel": "modeling_evil.Model"}), "auto_map"),
     "symlink": ({}, _symlink, "is a symlink"),
     "bad checksum": ({}, _bad_checksum, "metrics.jsonl: sha256 is"),
     "corrupt safetensors header": ({}, _corrupt_header, "corrupt safetensors header"),
@@ -107,7 +99,7 @@ REFUSALS: dict[str, tuple[dict, Callable[[Path], None], str]] = {
     "wrong tokenizer fingerprint": ({}, lambda f: reseal(f, tokenizer_fingerprint="1" * 64), "tokenizer_fingerprint"),
     "DoRA": ({"use_dora": True}, lambda f: None, "vLLM cannot serve DoRA"),
     "unservable rank": ({"r": 1024}, lambda f: None, "rank r=1024 cannot be served"),
-    "modules_to_save": ({}, _edit_config(modules_to_save=["lm_head"]), "modules_to_save"),
+    "modules_to_save": ({}, edit_config(modules_to_save=["lm_head"]), "modules_to_save"),
 }
 
 

@@ -20,7 +20,7 @@ from lorafleet.registry import db, service
 from lorafleet.registry.errors import ArtifactRejected, BaseModelMismatch
 from lorafleet.registry.push import init_base, push, registry_base
 from lorafleet.registry.restamp import restamp
-from registry_artifacts import build_artifact, reseal
+from registry_artifacts import build_artifact, edit_config, reseal
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -57,22 +57,14 @@ def _dtype(header: dict) -> None:
     header[_tensors(header)[0]]["dtype"] = "I32"  # same size as F32, so only the dtype is wrong
 
 
-def _edit_config(**changes: object) -> Callable[[Path], None]:
-    def tamper(folder: Path) -> None:
-        path = folder / "adapter_config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-        reseal(folder)
-    return tamper
-
-
 REFUSALS: dict[str, tuple[Callable[[Path], None], str]] = {
     "overlapping offsets": (_edit_header(_overlap), "overlap"),
     "offsets outside the file": (_edit_header(_past_the_end), "outside the file"),
     "unsupported dtype": (_edit_header(_dtype), "dtype I32 is not allowed here (allowed: BF16, F16, F32)"),
-    "use_rslora disagrees": (_edit_config(use_rslora=True), "adapter_config.json: use_rslora is True, the manifest says False"),
-    "alpha_pattern disagrees": (_edit_config(alpha_pattern={"q_proj": 64}), "alpha_pattern is {'q_proj': 64.0}, the manifest says {}"),
-    "layers_to_transform disagrees": (_edit_config(layers_to_transform=[0]), "layers_to_transform is [0], the manifest says None"),
-    "PiSSA init": (_edit_config(init_lora_weights="pissa"), "changes the base weights"),
+    "use_rslora disagrees": (edit_config(use_rslora=True), "adapter_config.json: use_rslora is True, the manifest says False"),
+    "alpha_pattern disagrees": (edit_config(alpha_pattern={"q_proj": 64}), "alpha_pattern is {'q_proj': 64.0}, the manifest says {}"),
+    "layers_to_transform disagrees": (edit_config(layers_to_transform=[0]), "layers_to_transform is [0], the manifest says None"),
+    "PiSSA init": (edit_config(init_lora_weights="pissa"), "changes the base weights"),
     "duplicate key": (lambda f: (f / "extra.json").write_text('{"r": 8, "r": 512}') or reseal(f), "extra.json: the key 'r' appears twice"),
 }
 
