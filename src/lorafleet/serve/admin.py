@@ -147,5 +147,5 @@ async def unload_version(replica_name: str, request: Request, _: Principal = Dep
     wanted = await _parsed(request, VersionRequest)
     state, replica, version = _replica_and_version(request, replica_name, wanted.version)
     if version.ref in replica.resident:
-        await state.pool.unload(replica, version.ref)
+        await state.pool.unload(replica, version.ref, "an admin evicted it")
     return JSONResponse({"replica": replica_name, "version": version.ref, "resident": sorted(replica.resident)})

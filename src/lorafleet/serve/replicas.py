@@ -152,7 +152,7 @@ class ReplicaPool:
             log.warning("store copy of %s does not verify: %s", ref, "; ".join(problems[:3]))
             return LoadResult(False, "corrupt")
         for name in eviction_plan(replica.resident, self.capacity, ref, frozenset(n for n, c in replica.busy.items() if c)):
-            await self.unload(replica, name)
+            await self.unload(replica, name, "least recently used")
         started = time.perf_counter()
         try:
             async with self.client.post(
@@ -177,8 +177,8 @@ class ReplicaPool:
         log.info("loaded %s on %s in %.0f ms", ref, replica.name, seconds * 1000)
         return LoadResult(True)
 
-    async def unload(self, replica: Replica, ref: str) -> None:
-        """Unload `ref` from `replica` (a 404 means it was gone already)."""
+    async def unload(self, replica: Replica, ref: str, why: str) -> None:
+        """Unload `ref` from `replica` (a 404 means it was gone already); `why` goes to the log."""
         replica.resident.pop(ref, None)
         try:
             async with self.client.post(f"{replica.url}/v1/unload_lora_adapter", headers=replica.headers, json={"lora_name": ref},
@@ -187,7 +187,7 @@ class ReplicaPool:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("unloading %s from %s failed: %s", ref, replica.name, exc)
         self._publish(replica)
-        log.info("unloaded %s from %s (least recently used)", ref, replica.name)
+        log.info("unloaded %s from %s (%s)", ref, replica.name, why)
 
     def forget(self, replica: Replica, ref: str) -> None:
         """The engine says it does not hold `ref` (restarted, or another gateway unloaded it)."""
