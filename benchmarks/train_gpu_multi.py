@@ -8,7 +8,7 @@ the data and LoRA init of train_gpu_rows.py), each launched with torchrun, one p
   lorafleet-1  lorafleet's defaults (`lorafleet.train.fast.enable_speedups` with the default `speedups:`
                section) on 1 GPU, the same global batch of 4 rows (batch_size 2, grad_accum 2);
   lorafleet-2  the same on 2 GPUs, 2 rows per GPU: passes replayed from CUDA graphs on every GPU, the LoRA
-               gradients summed once per step with `all_reduce_gradients`, as `lorafleet train` does.
+               gradients summed once per step as one flat buffer (`FlatGradients`), as `lorafleet train` does.
 
 Every row trains the same global batches (4 rows a step), so the losses are comparable; the dropout masks
 differ between rows (p = 0.05), as in train_gpu.py. The lorafleet rows plan within the seed row's per-GPU
@@ -133,7 +133,8 @@ def worker(args: argparse.Namespace) -> None:
     rows = GLOBAL_BATCH // info.world_size
     mine = [(ids[info.rank * rows:(info.rank + 1) * rows], labels[info.rank * rows:(info.rank + 1) * rows])
             for ids, labels in data]
-    counts = [int((labels[:, 1:] != -100).sum()) for _, labels in mine]  # on the host before timing, as the loop
+    # The step's global trained-token count, known to every process without a collective, as in the loop.
+    counts = [int((labels[:, 1:] != -100).sum()) for _, labels in data]
     model = build_bf16(args.layers)
     quantize_nf4(model)
     step = seed_steps if args.worker == "seed" else lorafleet_steps
@@ -187,11 +188,12 @@ def seed_steps(model, data, counts, info, args) -> dict:
 def lorafleet_steps(model, data, counts, info, args) -> dict:
     """`lorafleet train`'s step: passes (graphed) scaled by the global token count, gradients summed once."""
     from lorafleet.config import SpeedupConfig, TrainConfig
-    from lorafleet.train.distributed import all_reduce_gradients, all_reduce_sum, broadcast_parameters
+    from lorafleet.train.distributed import FlatGradients, all_reduce_sum, broadcast_parameters
     from lorafleet.train.fast import enable_speedups, hidden_state_loss_sum
 
     peft, params, opt = setup_row(model, quantized=True, paged=False)
     broadcast_parameters(params, info)
+    grads = FlatGradients(params) if info.enabled else None  # before any pass, as the trainer builds it
     rows = data[0][0].shape[0]
     config = TrainConfig(batch_size=2, grad_accum=rows // 2, lora_r=R, lora_alpha=ALPHA, lora_dropout=DROPOUT,
                          quantization="nf4", speedups=SpeedupConfig())
@@ -203,8 +205,7 @@ def lorafleet_steps(model, data, counts, info, args) -> dict:
     runner = graphed_passes(peft, params) if plan.cuda_graphs else None
 
     def run_step(ids, labels, count) -> float:
-        global_count = float(all_reduce_sum(torch.tensor([float(count)], dtype=torch.float64), info)[0])
-        scale = 1.0 / global_count
+        scale = 1.0 / count
         total = torch.zeros((), dtype=torch.float64, device="cuda")
         for lo in range(0, ids.shape[0], plan.micro_batch):
             batch = {"input_ids": ids[lo:lo + plan.micro_batch], "labels": labels[lo:lo + plan.micro_batch]}
@@ -215,11 +216,12 @@ def lorafleet_steps(model, data, counts, info, args) -> dict:
                 loss_sum, _ = hidden_state_loss_sum(peft, batch["input_ids"], batch["labels"])
             (loss_sum * scale).backward()
             total += loss_sum.detach().double()
-        all_reduce_gradients(params, info)
+        if grads is not None:
+            grads.all_reduce(info)
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
-        opt.zero_grad(set_to_none=runner is None)
-        return float(all_reduce_sum(total, info)) / global_count
+        opt.zero_grad(set_to_none=runner is None and grads is None)
+        return float(all_reduce_sum(total, info)) / count
 
     losses, seconds, allocated, reserved = timed(run_step, data, counts, args.warmup)
     result = row_result(losses, seconds, allocated, reserved, args, micro=plan.micro_batch, recompute=plan.recompute,
@@ -228,7 +230,7 @@ def lorafleet_steps(model, data, counts, info, args) -> dict:
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(10):
-            all_reduce_gradients(params, info)
+            grads.all_reduce(info)
         torch.cuda.synchronize()
         result["grad_all_reduce_ms"] = (time.perf_counter() - start) / 10 * 1e3
         result["grad_bytes"] = sum(p.grad.numel() * p.grad.element_size() for p in params)

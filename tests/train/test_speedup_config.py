@@ -101,8 +101,8 @@ def test_smaller_passes_and_hidden_state_loss_train_the_same(tiny_model: Path, t
         assert patches.fused_layers == 2 and patches.fused_lora_layers == 14
     split.loss = dataclasses.replace(split.loss, fused=True)
     step = plain.batches(0)[0]
-    loss_plain, tokens_plain, norm_plain = train_step(plain, [step])
-    loss_split, tokens_split, norm_split = train_step(split, [step])
+    loss_plain, tokens_plain, norm_plain = train_step(plain, step)
+    loss_split, tokens_split, norm_split = train_step(split, step)
     assert tokens_plain == tokens_split
     assert loss_split == pytest.approx(loss_plain, rel=1e-5)
     assert norm_split == pytest.approx(norm_plain, rel=1e-4)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lorafleet.train.distributed import (
-    DistInfo, all_reduce_gradients, all_reduce_sum, backend_device, broadcast_parameters,
+    DistInfo, FlatGradients, all_reduce_sum, backend_device, broadcast_parameters,
 )
 
 
@@ -36,13 +36,22 @@ def _worker(rank: int, init_file: str, results: str) -> None:
     params = [torch.nn.Parameter(torch.full((2, 3), float(rank))), torch.nn.Parameter(torch.zeros(4)),
               torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))]
     broadcast_parameters(params, info)  # rank 0's values (zeros) everywhere
-    params[0].grad = torch.arange(6.0).view(2, 3) * (rank + 1)
-    first_grad = params[0].grad
-    params[2].grad = torch.full((3,), 0.5 * (rank + 1), dtype=torch.bfloat16)
-    # params[1] has no gradient on either rank: it gets zeros
-    all_reduce_gradients(params, info)
+    params[0].grad = torch.arange(6.0).view(2, 3) * (rank + 1)  # a gradient from before the buffer: kept
+    grads = FlatGradients(params)
+    views = [p.grad for p in params]
+    # backward adds into the views in place (params[1] gets no gradient: its view stays zeros)
+    ((params[0] * (rank + 1)).sum() + (params[2].float() * 0.5 * (rank + 1)).sum()).backward()
+    grads.all_reduce(info)
+    kept_views = all(p.grad is v for p, v in zip(params, views, strict=True))
+    params[1].grad = torch.zeros(4)  # what zero_grad(set_to_none=True) and a later backward would do
+    try:
+        grads.all_reduce(info)
+        replaced = ""
+    except RuntimeError as error:
+        replaced = str(error)
     torch.save({"counts": counts, "values": [p.detach() for p in params], "grads": [p.grad for p in params],
-                "same_tensor": params[0].grad is first_grad}, f"{results}/{rank}.pt")
+                "kept_views": kept_views, "buffers": [(b.dtype, b.numel()) for b in grads.buffers],
+                "replaced": replaced}, f"{results}/{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -52,10 +61,13 @@ def test_sums_over_two_gloo_processes(tmp_path: Path):
         got = torch.load(tmp_path / f"{rank}.pt")
         assert got["counts"].tolist() == [3.0, 10.0]
         assert all(float(v.float().abs().sum()) == 0 for v in got["values"])  # rank 1's values were replaced
-        torch.testing.assert_close(got["grads"][0], torch.arange(6.0).view(2, 3) * 3)  # 1× + 2×
+        # (1× + 2×) the gradient from before the buffer plus (1 + 2) from backward
+        torch.testing.assert_close(got["grads"][0], torch.arange(6.0).view(2, 3) * 3 + 3)
         assert got["grads"][1].tolist() == [0.0] * 4
         assert got["grads"][2].dtype == torch.bfloat16 and got["grads"][2].tolist() == [1.5] * 3
-        assert got["same_tensor"]  # summed in place: a CUDA graph keeps adding into the same .grad
+        assert got["kept_views"]  # summed in place: a CUDA graph keeps adding into the same .grad
+        assert got["buffers"] == [(torch.float32, 10), (torch.bfloat16, 3)]  # one flat buffer per dtype
+        assert "was replaced" in got["replaced"]  # never a silent sum without the replaced gradient
 
 
 def test_tensor_collectives_live_only_in_distributed_py():

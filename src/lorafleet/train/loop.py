@@ -3,8 +3,9 @@
 Loss is the mean over trained tokens of the whole optimizer step — every micro-batch of every
 process — so results do not depend on how a global batch is split into micro-batches or processes:
 each process divides its token-loss sum by the global token count, and after the step's last pass the
-gradients are summed over processes once (``all_reduce_gradients``, one flat buffer, outside any CUDA
-graph), so N processes with micro-batch m update as one process with N·m does.
+gradients are summed over processes once (``FlatGradients``, one flat buffer, outside any CUDA
+graph), so N processes with micro-batch m update as one process with N·m does. Every process knows the
+whole global batch (same order, same seeds), so the step's token counts need no collective.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lorafleet.train.batching import (
 )
 from lorafleet.train.checkpoint import TrainState, capture_rng, save_checkpoint, trainable_state
 from lorafleet.train.data import TrainData
-from lorafleet.train.distributed import DistInfo, all_gather_objects, all_reduce_gradients, all_reduce_sum, broadcast_object
+from lorafleet.train.distributed import DistInfo, FlatGradients, all_gather_objects, all_reduce_sum, broadcast_object
 from lorafleet.train.fast.graphs import PassGraphs
 from lorafleet.train.fast.plan import SpeedupPlan
 from lorafleet.train.progress import RunLogger
@@ -85,6 +86,7 @@ class Run:
     run_key: dict[str, Any]
     logger: RunLogger
     graphs: PassGraphs | None = None  # CUDA graphs replay each pass's forward + backward (fast/graphs.py)
+    gradients: FlatGradients | None = None  # on several processes: the .grad views summed once per step
     state: TrainState = field(default_factory=TrainState)
     best_adapter: dict[str, torch.Tensor] | None = None
 
@@ -136,14 +138,14 @@ def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
     return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
 
 
-def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, float]:
-    """One optimizer step over this process's micro-batches; returns (loss, global input tokens, grad norm)."""
+def train_step(run: Run, step_batch: list[int]) -> tuple[float, int, float]:
+    """One optimizer step over the global batch ``step_batch`` (this process runs its share);
+    returns (loss, global input tokens, grad norm)."""
+    world = run.dist.world_size
+    micro_batches = [rank_shard(b, run.dist.rank, world) for b in split_step(step_batch, run.config.grad_accum, world)]
     samples = _passes(run, [[run.train[i] for i in mb] for mb in micro_batches])
-    counts = torch.tensor(
-        [sum(s.trained_tokens for mb in samples for s in mb), sum(len(s.input_ids) for mb in samples for s in mb)],
-        dtype=torch.float64,
-    )
-    trained_tokens, input_tokens = all_reduce_sum(counts, run.dist).tolist()
+    trained_tokens = sum(run.train[i].trained_tokens for i in step_batch)  # every process's shards together
+    input_tokens = sum(len(run.train[i].input_ids) for i in step_batch)
     scale = 1.0 / max(trained_tokens, 1)  # the global count: the processes' gradients are summed below
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)  # read back once, after the last pass
     run.model.train()
@@ -157,7 +159,8 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
         (run.scaler.scale(loss) if run.scaler else loss).backward()
         loss_sum += token_loss.detach().double()
     params = [p for p in run.model.parameters() if p.requires_grad]
-    all_reduce_gradients(params, run.dist)
+    if run.gradients is not None:
+        run.gradients.all_reduce(run.dist)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, run.config.max_grad_norm)
@@ -167,7 +170,8 @@ def train_step(run: Run, micro_batches: list[list[int]]) -> tuple[float, int, fl
     else:
         run.optimizer.step()
     run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=run.graphs is None)  # a graph adds into the same .grad tensors
+    # A graph adds into the same .grad tensors, and FlatGradients sums views of one buffer: zero them in place.
+    run.optimizer.zero_grad(set_to_none=run.graphs is None and run.gradients is None)
     total = all_reduce_sum(loss_sum, run.dist).item()
     return total / max(trained_tokens, 1), int(input_tokens), float(grad_norm)
 
@@ -238,8 +242,7 @@ def fit(run: Run, on_step: StepHook | None = None) -> TrainState:
             raise ValueError(f"the train split ({len(run.train)} samples) is too small for {run.dist.world_size} processes")
         for step_batch in steps[state.batch_in_epoch :]:
             started = time.perf_counter()
-            micro = [rank_shard(b, run.dist.rank, run.dist.world_size) for b in split_step(step_batch, config.grad_accum, run.dist.world_size)]
-            loss, tokens, grad_norm = train_step(run, micro)
+            loss, tokens, grad_norm = train_step(run, step_batch)
             elapsed = time.perf_counter() - started
             state.step += 1
             state.batch_in_epoch += 1

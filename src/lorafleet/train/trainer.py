@@ -20,7 +20,7 @@ from lorafleet.models import load_tokenizer, resolve_model
 from lorafleet.train.build import DTYPES, attach_adapter, build_optimizer, load_base_model, use_expandable_segments
 from lorafleet.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable_state, restore_rng
 from lorafleet.train.data import TrainData, open_prepared
-from lorafleet.train.distributed import DistInfo, barrier, broadcast_parameters, init_distributed, training_device
+from lorafleet.train.distributed import DistInfo, FlatGradients, barrier, broadcast_parameters, init_distributed, training_device
 from lorafleet.train.fast import FastPath, enable_speedups
 from lorafleet.train.fast.graphs import PassGraphs
 from lorafleet.train.loop import PassLoss, Run, StepHook, fit, total_steps
@@ -91,7 +91,8 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);
     # the loop then sums gradients over processes once per step, so the copies stay identical.
-    broadcast_parameters([p for p in model.parameters() if p.requires_grad], dist)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    broadcast_parameters(trainable, dist)
     # QLoRA computes in bf16 whatever the storage precision.
     autocast = torch.bfloat16 if config.quantization == "nf4" else None if checked.precision == "fp32" else DTYPES[checked.precision]
     loss = PassLoss(model, autocast, fast.plan.fused_loss)
@@ -106,6 +107,7 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
         logger=RunLogger(paths.metrics, dist.is_main, config.log_every,
                          paths.tensorboard if config.tensorboard else None, show_progress),
         graphs=PassGraphs(loss, list(model.parameters())) if fast.plan.cuda_graphs else None,
+        gradients=FlatGradients(trainable) if dist.enabled else None,  # before any pass adds into .grad
     )
     if config.resume:
         resume(run)

@@ -11,8 +11,9 @@ recompute, ``memory.py``), which prefers no recompute when graphs would run; gra
 the memory plan needs no recompute. The optimizer is chosen on every path.
 
 Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
-once per optimizer step outside every pass (``train/distributed.py``), so graphs, the fused loss and the
-rest apply as on one process, with one more gradient-sized buffer in memory. A configuration that cannot
+once per optimizer step outside every pass (``train/distributed.py``, in place: the gradients are views of
+the buffer that is all-reduced), so graphs, the fused loss, the rest and the memory plan apply as on one
+process. A configuration that cannot
 run on several processes is refused (``data_parallel_problem``), before the weights load when the config
 alone says so.
 """
@@ -30,7 +31,6 @@ from lorafleet.train.fast.memory import MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM,
 
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
-REDUCE_BYTES_PER_PARAM = 4  # several processes: the flat fp32 copy of the gradients that is all-reduced
 PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
 FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
 
@@ -185,8 +185,6 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     head_bf16 = (model.head_is_bf16 or (storage == "frozen-bf16" and model.head_is_frozen_fp32)
                  or (storage == "bf16-tables" and model.head_is_bf16_table))
     fixed = allocated + TRAINABLE_BYTES_PER_PARAM * model.trainable_params + MARGIN_BYTES
-    if world_size > 1:
-        fixed += REDUCE_BYTES_PER_PARAM * model.trainable_params
     if fused_loss and not head_bf16:
         fixed += 2 * model.head_numel
     residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
