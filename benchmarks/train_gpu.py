@@ -8,6 +8,10 @@ measured peak, with `frozen_bf16` on; (c)/(d) the same two over a bf16 base (tor
 (--variants) are further (b) rows; `exact` is `lorafleet train`'s defaults. Optional: the longest
 sequence that trains at batch 1 (train_gpu_context.py) and a per-kernel profile (train_gpu_profile.py).
 
+--unsloth adds row (u), Unsloth's QLoRA on the same weights (saved once to --model-dir), data, LoRA
+configuration (dropout 0) and steps, in a process of its own (train_gpu_unsloth.py), before every other row;
+the `@u` variants are then lorafleet's exact defaults planned within (u)'s peak reserved memory.
+
 FLOPs counted per token (stated in BENCHMARKS.md): frozen base weights have no weight-gradient matmul,
 so a linear of P weights costs 2P forward + 2P input-gradient; LoRA (r, in, out) costs 2r(in+out)
 forward + 4r(in+out) backward; causal attention 2·S·H forward and twice that backward per layer.
@@ -38,14 +42,20 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import torch  # noqa: E402
 from train_gpu_rows import build_bf16, make_data, quantize_nf4, run_row  # noqa: E402
 
-# Extra (b) rows (--variants), each within (a)'s peak: name -> (label, run_row switches).
+# `lorafleet train`'s CUDA defaults: graphs, unsynced 8-bit AdamW, fp32 residual (exact), RoPE kernel
+EXACT = dict(graphs=True, paged=False, frozen_bf16=False, triton_rope=True)
+# Extra (b) rows (--variants), each within (a)'s peak, or (u)'s for a name ending in @u or @u-...:
+# name -> (label, run_row switches).
 VARIANTS = {
-    # `lorafleet train`'s CUDA defaults: graphs, unsynced 8-bit AdamW, fp32 residual (exact), RoPE kernel
-    "exact": ("(b) exact = train defaults", dict(graphs=True, paged=False, frozen_bf16=False, triton_rope=True)),
+    "exact": ("(b) exact = train defaults", EXACT),
     "exact-norope": ("(b) exact, no RoPE kernel", dict(graphs=True, paged=False, frozen_bf16=False)),
     "norope": ("(b) without the RoPE kernel", dict(graphs=True, paged=False)),
     "eager": ("(b) round-5 defaults (eager)", dict(frozen_bf16=False)),  # paged AdamW, no graphs
     "eager-bf16": ("(b) round-5 (b): eager", dict()),
+    # The same defaults at dropout 0 (Unsloth's fast path needs it), within (a)'s peak and within (u)'s peak.
+    "exact-d0": ("(b) exact, dropout 0", dict(EXACT, dropout=0.0)),
+    "exact@u": ("(b) exact in (u)'s memory, dropout 0", dict(EXACT, dropout=0.0)),
+    "exact@u-d05": ("(b) exact in (u)'s memory", dict(EXACT)),
 }
 
 
@@ -68,6 +78,11 @@ def parse_args() -> argparse.Namespace:
                     "a:69632,b:286720, to settle the bounds a time-capped search left open")
     ap.add_argument("--profile", action="store_true", help="per-kernel profile of (a), (b), (b) exact; no table")
     ap.add_argument("--profile-steps", type=int, default=2)
+    ap.add_argument("--unsloth", action="store_true", help="row (u): Unsloth on the same weights, data and steps")
+    ap.add_argument("--unsloth-context-cap-s", type=float, default=0, help="also search (u)'s longest batch-1 "
+                    "context for this many seconds")
+    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/lorafleet-bench-llama8b"),
+                    help="where --unsloth saves the bf16 weights (about 16 GB at 32 layers)")
     return ap.parse_args()
 
 
@@ -92,6 +107,8 @@ def main() -> None:
         nonlocal model
         results[key], updates[key], model = run_row(*run_args[:1], model, *run_args[1:], **switches)
 
+    if args.unsloth:
+        results["u"] = unsloth_row(model, args)
     if "c" in rows_wanted:
         row("c", "(c) plain bf16 LoRA", False, False, data, args)
     if "d" in rows_wanted:
@@ -110,7 +127,8 @@ def main() -> None:
     for variant in filter(None, args.variants.split(",")):
         if variant in VARIANTS:
             label, switches = VARIANTS[variant]
-            row(f"b-{variant}", label, True, True, data, args, budget, **switches)
+            within = int(results["u"]["peak_gb"] * 1e9) if "@u" in variant else budget
+            row(f"b-{variant}", label, True, True, data, args, within, **switches)
             continue
         mode, micro = variant.split(":")
         row(f"b-{variant}", f"(b) {mode} micro {micro}", True, True, data, args, None, mode, int(micro))
@@ -121,6 +139,33 @@ def main() -> None:
                   context_log=context_log, lora_update_vs_a=update_differences(updates))
     (args.out / "train_gpu.json").write_text(json.dumps(report, indent=1))
     print_table(report)
+
+
+def unsloth_row(model, args) -> dict:
+    """Row (u): save the bf16 weights (and the embedded model's tokenizer, which Unsloth's loader wants
+    beside them) once, then run train_gpu_unsloth.py on them in a process of its own."""
+    import subprocess
+    import sys
+
+    from lorafleet.models import load_tokenizer, resolve_model
+    from train_gpu_rows import flops_per_token
+
+    if not (args.model_dir / "config.json").exists():
+        started = time.perf_counter()
+        model.save_pretrained(args.model_dir)
+        load_tokenizer(resolve_model().path).save_pretrained(args.model_dir)
+        print(f"saved the bf16 weights for (u) in {time.perf_counter() - started:.0f} s", flush=True)
+    out = args.out / f"unsloth_b{args.batch}.json"
+    command = [sys.executable, str(Path(__file__).with_name("train_gpu_unsloth.py")), "--model", str(args.model_dir),
+               "--out", str(out), "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--context-cap-s", str(args.unsloth_context_cap_s)]
+    subprocess.run(command, check=True)
+    raw = json.loads(out.read_text())
+    useful, hw = flops_per_token(model.config, args.seq, "transformers")  # every layer recomputed
+    tps = raw["tokens_per_s"]
+    return dict(raw, quantized=True, fast=False, graphs=False, peak_gb=raw["peak_reserved_gb"],
+                peak_run_gb=raw["peak_reserved_gb"], reserved_gb=raw["peak_reserved_gb"],
+                useful_tflops=tps * useful / 1e12, hw_tflops=tps * hw / 1e12)
 
 
 def context_rows(model, args) -> tuple[dict, list]:
@@ -161,7 +206,7 @@ def print_table(report: dict) -> None:
     print(f"{'row':28} {'micro':>5} {'ckpt':>12} {'graphs':>6} {'tok/s':>8} {'steady GB':>9} {'run GB':>7} "
           f"{'rsvd GB':>8} {'useful TF/s':>11} {'hw TF/s':>8} {'ratio':>6}")
     for key, row in res.items():
-        base = res.get("a" if row["quantized"] else "c")
+        base = res.get("a" if row["quantized"] else "c")  # (u) too is shown against (a)
         ratio = row["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
         print(f"{row['row']:28} {row['micro_batch']:>5} {row['checkpointing']:>12} {str(row['graphs']):>6} "
               f"{row['tokens_per_s']:>8.0f} {row['peak_gb']:>9.1f} {row['peak_run_gb']:>7.1f} "
@@ -170,12 +215,19 @@ def print_table(report: dict) -> None:
         la = res["a"]["losses"]
         print("loss (a): " + " ".join(f"{x:.4f}" for x in la))
         for key, row in res.items():
-            if key.startswith("b") and len(row["losses"]) == len(la):
+            if (key.startswith("b") or key == "u") and len(row["losses"]) == len(la):
                 print(f"loss ({key}): " + " ".join(f"{x:.4f}" for x in row["losses"]))
                 print(f"max |loss(a) - loss({key})| over {len(la)} steps: "
                       f"{max(abs(x - y) for x, y in zip(la, row['losses'])):.4f}")
         for key, diff in report["lora_update_vs_a"].items():
             print(f"relative difference of the LoRA updates, ({key}) vs (a) (dropout masks differ): {diff:.4f}")
+    if "u" in res:
+        for key, row in res.items():
+            if key != "u" and row["quantized"]:
+                print(f"{row['row']} / (u): {row['tokens_per_s'] / res['u']['tokens_per_s']:.2f}x tokens/s, "
+                      f"{row['reserved_gb']:.1f} GB reserved against (u)'s {res['u']['peak_gb']:.1f} GB")
+        if "context" in res["u"]:
+            print(f"(u) longest batch-1 context (fits, first fail): {res['u']['context']}")
     if report["context"]:
         print(f"longest batch-1 context (fits, first fail): {report['context']}")
 

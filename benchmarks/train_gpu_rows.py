@@ -94,7 +94,7 @@ def flops_per_token(cfg, seq: int, recompute: str) -> tuple[float, float]:
     return useful, useful + layers * extra
 
 
-def setup_row(model, quantized: bool, paged: bool = True):
+def setup_row(model, quantized: bool, paged: bool = True, dropout: float = DROPOUT):
     """PEFT LoRA over ``model`` as the seed stack sets it up: kbit preparation, transformers' gradient
     checkpointing (checked on), then the 8-bit AdamW (paged: bitsandbytes'; else lorafleet's) or AdamW."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -107,7 +107,7 @@ def setup_row(model, quantized: bool, paged: bool = True):
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert model.is_gradient_checkpointing, "gradient checkpointing did not turn on"
     torch.manual_seed(1234)
-    peft = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
+    peft = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=dropout, target_modules="all-linear",
                                             use_rslora=True, task_type="CAUSAL_LM"))
     peft.train()
     params = [p for p in peft.parameters() if p.requires_grad]
@@ -125,9 +125,10 @@ def setup_row(model, quantized: bool, paged: bool = True):
     return peft, params, opt
 
 
-def speed_up(peft, quantized: bool, rows: int, seq: int, budget: int | None, **switches) -> FastPath:
+def speed_up(peft, quantized: bool, rows: int, seq: int, budget: int | None, dropout: float = DROPOUT,
+             **switches) -> FastPath:
     """lorafleet's plan and patches for a row, made as `lorafleet train` makes them (one process, bf16)."""
-    config = TrainConfig(batch_size=rows, lora_r=R, lora_alpha=ALPHA, lora_dropout=DROPOUT,
+    config = TrainConfig(batch_size=rows, lora_r=R, lora_alpha=ALPHA, lora_dropout=dropout,
                          quantization="nf4" if quantized else "none", speedups=SpeedupConfig(**switches))
     return enable_speedups(peft, config, "bf16", 1, seq, memory_budget=budget)
 
@@ -191,9 +192,10 @@ def lora_state(peft) -> dict[str, torch.Tensor]:
 
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: int | None = None,
             recompute: str = "auto", micro: int | None = None, frozen_bf16: bool = True, graphs: bool = False,
-            paged: bool = True, triton_rope: bool = False) -> tuple[dict, dict[str, torch.Tensor], nn.Module]:
+            paged: bool = True, triton_rope: bool = False,
+            dropout: float = DROPOUT) -> tuple[dict, dict[str, torch.Tensor], nn.Module]:
     """One row: (its result, its LoRA update = final - initial weights, the unwrapped model)."""
-    peft, params, opt = setup_row(model, quantized, paged)
+    peft, params, opt = setup_row(model, quantized, paged, dropout)
     start = lora_state(peft)
     batch, seq = data[0][0].shape
     path = None
@@ -201,7 +203,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
         # The plan: the largest micro-batch whose estimated peak (weights after the dtype change +
         # trainable state + activations + 512 MiB margin) stays within ``budget`` ((a)'s measured peak).
         torch.cuda.synchronize()
-        path = speed_up(peft, quantized, batch, seq, budget, recompute=recompute, micro_batch=micro or "auto",
+        path = speed_up(peft, quantized, batch, seq, budget, dropout, recompute=recompute, micro_batch=micro or "auto",
                         frozen_bf16=frozen_bf16, cuda_graphs=graphs, paged_optimizer=paged, triton_rope=triton_rope)
         print(f"{name}: {path.describe()}", flush=True)
         micro, graphs = path.plan.micro_batch, path.plan.cuda_graphs
@@ -232,6 +234,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
     mode = path.plan.recompute if path else "transformers"
     useful, hw = flops_per_token(peft.get_base_model().config, seq, mode)
     row = dict(row=name, quantized=quantized, fast=fast, micro_batch=micro, batch=batch, checkpointing=mode,
+               lora_dropout=dropout, budget_gb=budget / 1e9 if budget else None,
                graphs=bool(graphs), replays=runner.replays if runner else 0, paged_optimizer=paged,
                tokens_per_s=tps, peak_gb=peak / 1e9, peak_run_gb=max(peak, warm_peak) / 1e9,
                warmup_alloc_gb=warm_up.get("alloc", 0) / 1e9, warmup_reserved_gb=warm_up.get("reserved", 0) / 1e9,
