@@ -82,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--unsloth-context-cap-s", type=float, default=0, help="also search (u)'s longest batch-1 "
                     "context for this many seconds")
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/lorafleet-bench-llama8b"),
-                    help="where --unsloth saves the bf16 weights (about 16 GB at 32 layers)")
+                    help="where --unsloth saves the bf16 weights, in a folder per layer count (16 GB at 32 layers)")
     return ap.parse_args()
 
 
@@ -150,13 +150,14 @@ def unsloth_row(model, args) -> dict:
     from lorafleet.models import load_tokenizer, resolve_model
     from train_gpu_rows import flops_per_token
 
-    if not (args.model_dir / "config.json").exists():
+    model_dir = args.model_dir / f"layers{args.layers}"  # a folder saved for another --layers is never reused
+    if not (model_dir / "config.json").exists():
         started = time.perf_counter()
-        model.save_pretrained(args.model_dir)
-        load_tokenizer(resolve_model().path).save_pretrained(args.model_dir)
+        model.save_pretrained(model_dir)
+        load_tokenizer(resolve_model().path).save_pretrained(model_dir)
         print(f"saved the bf16 weights for (u) in {time.perf_counter() - started:.0f} s", flush=True)
     out = args.out / f"unsloth_b{args.batch}.json"
-    command = [sys.executable, str(Path(__file__).with_name("train_gpu_unsloth.py")), "--model", str(args.model_dir),
+    command = [sys.executable, str(Path(__file__).with_name("train_gpu_unsloth.py")), "--model", str(model_dir),
                "--out", str(out), "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--context-cap-s", str(args.unsloth_context_cap_s)]
     subprocess.run(command, check=True)
