@@ -93,6 +93,7 @@ def main() -> None:
     data = make_data(args.steps, args.batch, args.seq, 128256)
     results: dict[str, dict] = {}
     updates: dict[str, dict] = {}
+    refusals: dict[str, str] = {}
     model = build_bf16(args.layers)
     if args.profile:
         from train_gpu_profile import print_summaries, profile_rows
@@ -105,7 +106,13 @@ def main() -> None:
 
     def row(key: str, *run_args, **switches) -> None:
         nonlocal model
-        results[key], updates[key], model = run_row(*run_args[:1], model, *run_args[1:], **switches)
+        from lorafleet.train.fast.plan import PlanError
+
+        try:
+            results[key], updates[key], model = run_row(*run_args[:1], model, *run_args[1:], **switches)
+        except PlanError as refused:  # the budget cannot hold the run: the plan says so before training
+            refusals[key] = f"{run_args[0]}: {refused}"
+            print(f"refused: {refusals[key]}", flush=True)
 
     if args.unsloth:
         results["u"] = unsloth_row(model, args)
@@ -135,7 +142,7 @@ def main() -> None:
     context, context_log = context_rows(model, args)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                   alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-                  args={k: str(v) for k, v in vars(args).items()}, results=results, context=context,
+                  args={k: str(v) for k, v in vars(args).items()}, results=results, refusals=refusals, context=context,
                   context_log=context_log, lora_update_vs_a=update_differences(updates))
     (args.out / "train_gpu.json").write_text(json.dumps(report, indent=1))
     print_table(report)
@@ -229,6 +236,8 @@ def print_table(report: dict) -> None:
                       f"{row['reserved_gb']:.1f} GB reserved against (u)'s {res['u']['peak_gb']:.1f} GB")
         if "context" in res["u"]:
             print(f"(u) longest batch-1 context (fits, first fail): {res['u']['context']}")
+    for message in report["refusals"].values():
+        print(f"refused: {message}")
     if report["context"]:
         print(f"longest batch-1 context (fits, first fail): {report['context']}")
 

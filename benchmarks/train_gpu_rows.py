@@ -203,8 +203,14 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
         # The plan: the largest micro-batch whose estimated peak (weights after the dtype change +
         # trainable state + activations + 512 MiB margin) stays within ``budget`` ((a)'s measured peak).
         torch.cuda.synchronize()
-        path = speed_up(peft, quantized, batch, seq, budget, dropout, recompute=recompute, micro_batch=micro or "auto",
-                        frozen_bf16=frozen_bf16, cuda_graphs=graphs, paged_optimizer=paged, triton_rope=triton_rope)
+        try:
+            path = speed_up(peft, quantized, batch, seq, budget, dropout, recompute=recompute,
+                            micro_batch=micro or "auto", frozen_bf16=frozen_bf16, cuda_graphs=graphs,
+                            paged_optimizer=paged, triton_rope=triton_rope)
+        except ValueError:  # PlanError: the budget cannot hold the row; the same base model goes on to the next
+            del opt, params
+            teardown_row(peft, None)
+            raise
         print(f"{name}: {path.describe()}", flush=True)
         micro, graphs = path.plan.micro_batch, path.plan.cuda_graphs
     micro = micro or batch

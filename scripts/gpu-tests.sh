@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 
 WHEELS=(bitsandbytes==0.50.2 liger-kernel==0.8.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
         typing-inspection==0.4.5 sqlalchemy==2.1.9 greenlet==3.5.6)
-TESTS=(tests/train/fast tests/train/test_trainer_cuda.py)
+TESTS=(tests/train/fast tests/train/test_trainer_cuda.py tests/train/test_trainer_cuda_budget.py)
 MULTI_TESTS=(tests/train/test_trainer_multi_gpu.py)
 
 prepare() {

@@ -115,6 +115,12 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay on the LoRA matrices")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up the LR")
     max_grad_norm: float = Field(0.3, gt=0, description="gradient-norm clipping threshold")
+    max_memory_gb: float | None = Field(
+        None, gt=0,
+        description="peak GPU memory the run may reach on each process, in GB (10^9 bytes), for users who share a GPU: "
+        "the CUDA speed-up plan picks micro-batch and recompute to fit it and refuses the run when nothing does "
+        "(default: what is allocated plus 90% of what is free)",
+    )
     lora_r: int = Field(32, ge=1, description="LoRA rank")
     lora_alpha: float = Field(64, gt=0, description="LoRA scaling numerator")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")

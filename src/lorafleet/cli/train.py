@@ -44,6 +44,7 @@ def train(
     gradient_checkpointing: bool | None = _option(
         "gradient_checkpointing", "--gradient-checkpointing/--no-gradient-checkpointing"),
     packing: bool | None = _option("packing", "--packing/--no-packing"),
+    max_memory_gb: float | None = _option("max_memory_gb", "--max-memory"),
     eval_every: int | None = _option("eval_every", "--eval-every"),
     early_stopping_patience: int | None = _option("early_stopping_patience", "--early-stopping-patience"),
     save_every: int | None = _option("save_every", "--save-every"),

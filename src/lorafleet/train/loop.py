@@ -178,19 +178,21 @@ def train_step(run: Run, step_batch: list[int]) -> tuple[float, int, float]:
 
 @torch.no_grad()
 def evaluate(run: Run) -> float | None:
-    """Mean token loss over the eval split (sharded over processes); None when the split is empty."""
+    """Mean token loss over the eval split (sharded over processes); None when the split is empty.
+
+    Batches of at most a training pass's rows, through the pass's loss (the fused one from hidden states
+    when the plan has it): evaluation then never needs more memory than the plan gave a training pass,
+    so a run stays within max_memory_gb (full logits of a 128k vocabulary are gigabytes).
+    """
     if not run.eval:
         return None
     run.model.eval()
     lengths = [len(s.input_ids) for s in run.eval]
     totals = torch.zeros(2, dtype=torch.float64)
-    for idx in eval_batches(lengths, run.config.batch_size, run.dist.rank, run.dist.world_size):
+    for idx in eval_batches(lengths, run.plan.micro_batch, run.dist.rank, run.dist.world_size):
         samples = [run.eval[i] for i in idx]
-        batch = collate_padded(samples, run.pad_token_id)
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        with run.loss.autocast(run.device):
-            logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        totals[0] += causal_lm_loss_sum(logits, batch["labels"]).double().cpu()
+        batch = {k: v.to(run.device) for k, v in collate_padded(samples, run.pad_token_id).items()}
+        totals[0] += run.loss(batch).double().cpu()
         totals[1] += sum(s.trained_tokens for s in samples)
     loss_sum, tokens = all_reduce_sum(totals, run.dist).tolist()
     return loss_sum / tokens if tokens else None

@@ -29,7 +29,7 @@ from lorafleet.train.progress import RunLogger
 from lorafleet.train.save import RunPaths, build_manifest, check_output, prepare_staging, write_artifact
 
 # Settings that do not change the trained weights, so a resumed run may differ in them.
-_NOT_IN_RUN_KEY = {"resume", "force", "tensorboard", "log_every"}
+_NOT_IN_RUN_KEY = {"resume", "force", "tensorboard", "log_every", "max_memory_gb"}
 
 
 def train_adapter(
@@ -86,7 +86,8 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
     if device.type == "cuda":
         use_expandable_segments()
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
-    fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row)
+    budget = int(config.max_memory_gb * 1e9) if config.max_memory_gb else None
+    fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row, budget)
     if dist.is_main:
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);

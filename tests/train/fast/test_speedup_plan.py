@@ -100,6 +100,14 @@ CASES = {
                                                  pad_multiple=None), "(needed to fit the memory)"),
     "nothing fits: offload": (dict(budget=needs("attention", 1) - 1), dict(micro_batch=1, recompute="offload"),
                               "recompute offload"),
+    "a budget that holds offload at one row, exactly": (
+        dict(budget=needs("offload", 1)), dict(micro_batch=1, recompute="offload", peak_estimate=needs("offload", 1)),
+        "recompute offload"),
+    "a budget below the least the run needs: refused": (dict(budget=needs("offload", 1) - 1), PlanError,
+                                                        r"max_memory_gb \d+\.\d\d: this run needs about"),
+    "a micro-batch set by the user that the budget cannot hold: refused": (
+        dict(speedups={"micro_batch": 2, "recompute": "none"}, budget=needs("none", 1)), PlanError,
+        "micro-batch 2 and recompute none"),
     "graphs switched off": (dict(speedups={"cuda_graphs": False}, budget=needs("attention", 2)),
                             dict(cuda_graphs=False, pad_multiple=None, micro_batch=2, recompute="attention"), ""),
     "recompute set by the user": (dict(speedups={"recompute": "attention"}), dict(recompute="attention",
@@ -158,6 +166,9 @@ def test_plan(case: str):
     assert plan.micro_batch >= 1 and plan.rows % plan.micro_batch == 0
     assert plan.cuda_graphs <= (plan.fast and plan.recompute == "none")  # graphs need the fused path, no recompute
     assert (plan.pad_multiple is not None) == plan.cuda_graphs
+    if plan.fast:  # every fused plan fits the budget it was given, and the log line says so
+        assert 0 < plan.peak_estimate <= plan.memory_budget
+        assert f"planned peak {plan.peak_estimate / 1e9:.1f} GB of {plan.memory_budget / 1e9:.1f} GB" in plan.describe()
 
 
 def test_padding_rounds_the_planned_row_up_only_when_graphs_pad():

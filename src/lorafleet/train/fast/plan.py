@@ -27,7 +27,9 @@ from typing import Literal
 from lorafleet.config import TrainConfig
 from lorafleet.train.fast.architectures import architecture_problem, padding_problem
 from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
-from lorafleet.train.fast.memory import MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Recompute, plan_micro_batch
+from lorafleet.train.fast.memory import (
+    MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Recompute, activation_bytes_per_token, plan_micro_batch,
+)
 
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
@@ -59,6 +61,8 @@ class SpeedupPlan:
     architecture: str = ""
     world_size: int = 1  # processes (torchrun), each planned for its own GPU
     global_batch: int = 0  # rows per optimizer step over all processes: batch_size × grad_accum × world_size
+    memory_budget: int = 0  # fused path: the peak bytes the plan had to fit (max_memory_gb, or what the GPU had)
+    peak_estimate: int = 0  # fused path: the peak bytes the plan expects (weights, trainable state, activations)
     reasons: tuple[str, ...] = ()  # why something asked for does not apply, one line each
 
     def describe(self) -> str:
@@ -72,7 +76,8 @@ class SpeedupPlan:
                  f"fused MLPs {on(self.fused_mlp)}", f"Triton kernels {on(self.triton_kernels)}",
                  f"RoPE kernel {on(self.rope_kernel)}", f"fused loss {on(self.fused_loss)}",
                  f"CUDA graphs {on(self.cuda_graphs)}", f"storage {self.storage}", f"recompute {self.recompute}",
-                 f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}", self._processes()]
+                 f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}", self._processes(),
+                 f"planned peak {self.peak_estimate / 1e9:.1f} GB of {self.memory_budget / 1e9:.1f} GB"]
         return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {r}" for r in self.reasons)
 
     def _processes(self) -> str:
@@ -135,7 +140,8 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
     with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
     peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O.
-    Raises PlanError for a run that cannot work on ``world_size`` processes."""
+    Raises PlanError for a run that cannot work on ``world_size`` processes, or that an explicit
+    ``memory_budget`` cannot hold even at the least memory the fixed settings allow."""
     problem = data_parallel_problem(config, world_size)
     if problem:
         raise PlanError(problem)
@@ -191,6 +197,12 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     fused_mlp = s.fused_mlp and s.fused_lora
     micro, recompute = plan_micro_batch(rows, tokens, model.dims, budget - fixed, s.recompute, fixed_micro,
                                         triton and fused_mlp, residual_bytes, no_recompute_first=wants_graphs)
+    estimate = fixed + micro * tokens * activation_bytes_per_token(model.dims, recompute, triton and fused_mlp, residual_bytes)
+    if memory_budget is not None and estimate > memory_budget:  # an explicit budget is a limit, not a hint
+        raise PlanError(f"max_memory_gb {memory_budget / 1e9:.2f}: this run needs about {estimate / 1e9:.2f} GB even with "
+                        f"micro-batch {micro} and recompute {recompute} (weights and trainable state "
+                        f"{fixed / 1e9:.2f} GB, activations for rows of {tokens} tokens the rest); raise max_memory_gb, "
+                        "or lower the dataset's max_seq_length or lora_r")
     if recompute == "offload" and world_size > 1:  # auto found nothing else that fits
         raise PlanError(f"{rows} rows of {tokens} tokens fit this GPU's memory only with speedups.recompute offload, "
                         f"which needs one process per host (pinned host memory); on {world_size} processes lower "
@@ -203,5 +215,6 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
         fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, fused_loss=fused_loss,
         cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None,
-        architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, reasons=tuple(reasons),
+        architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, memory_budget=budget,
+        peak_estimate=estimate, reasons=tuple(reasons),
     )
