@@ -1,7 +1,7 @@
 """`max_memory_gb` (`lorafleet train --max-memory`) on the GPU: each budget just below what the previous run's
-plan expected makes `train_adapter` plan a cheaper run (a smaller micro-batch, then recompute, then offload),
-and the run's measured peak, weights loading and CUDA-graph capture included, stays under the budget; below
-the least the run needs, the run is refused before training. Marked ``gpu``; skipped without CUDA."""
+plan expected makes `train_adapter` plan a cheaper run (less recompute or a smaller micro-batch, down to
+offload), and the run's measured peak (reserved memory, weights loading included) stays under the budget;
+below the least the run needs, the run is refused before training. Marked ``gpu``; skipped without CUDA."""
 
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ def long_chats(n: int) -> list[list[dict[str, str]]]:
              {"role": "assistant", "content": "noted: " + " ".join(words[: rng.randint(3, 9)])}] for _ in range(n)]
 
 
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
-def test_each_budget_is_honoured_and_too_small_a_budget_is_refused(tiny_model: Path, tmp_path: Path, graphs: bool):
+def test_each_budget_is_honoured_and_too_small_a_budget_is_refused(tiny_model: Path, tmp_path: Path):
     from lorafleet.train.fast.plan import PlanError
     from lorafleet.train.trainer import train_adapter
 
@@ -58,11 +57,10 @@ def test_each_budget_is_honoured_and_too_small_a_budget_is_refused(tiny_model: P
 
     def config(budget: int | None, name: str) -> tuple[TrainConfig, Path]:
         return TrainConfig(model=str(model), quantization="nf4", batch_size=4, max_steps=3, lora_r=8, lora_alpha=16,
-                           seed=0, max_memory_gb=budget / 1e9 if budget else None,
-                           speedups={"cuda_graphs": graphs}), tmp_path / name
+                           seed=0, max_memory_gb=budget / 1e9 if budget else None), tmp_path / name
 
     budget, plans = None, []
-    for run in range(5):
+    for run in range(8):
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -75,12 +73,15 @@ def test_each_budget_is_honoured_and_too_small_a_budget_is_refused(tiny_model: P
         if budget is not None:
             assert peak <= budget, plans  # reserved memory, the graph pool and the allocator's cache counted
             assert plan["memory_budget"] == int(budget / 1e9 * 1e9)
+            # These rows pad to several lengths: the graphs' pool would sit beside each new length's eager
+            # warm-up (measured: 4.8 GB reserved for 2.0 GB allocated), so a budgeted plan runs eagerly.
+            assert not plan["cuda_graphs"] and any("several lengths" in r for r in plan["reasons"]), plan
         if plan["recompute"] == "offload":
             break
         budget = plan["peak_estimate"] - 1  # just below what this plan expects: the next must be cheaper
     modes = [(micro, recompute) for micro, recompute, *_ in plans]
     assert len(set(modes)) == len(modes) >= 3, plans  # every budget planned a different, cheaper run
-    assert modes[0][0] == 4 and modes[-1] == (1, "offload"), plans
+    assert modes[0] == (4, "none") and modes[-1] == (1, "offload"), plans
     gc.collect()
     torch.cuda.empty_cache()
     train_config, out = config(plans[-1][2] - 1, "refused")

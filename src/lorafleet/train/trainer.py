@@ -23,6 +23,7 @@ from lorafleet.train.data import TrainData, open_prepared
 from lorafleet.train.distributed import DistInfo, FlatGradients, barrier, broadcast_parameters, init_distributed, training_device
 from lorafleet.train.fast import FastPath, enable_speedups
 from lorafleet.train.fast.graphs import PassGraphs
+from lorafleet.train.fast.plan import PAD_MULTIPLE
 from lorafleet.train.loop import PassLoss, Run, StepHook, fit, total_steps
 from lorafleet.train.preflight import DeviceInfo, ModelInfo, PreflightResult, preflight
 from lorafleet.train.progress import RunLogger
@@ -87,7 +88,9 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
         use_expandable_segments()
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
     budget = int(config.max_memory_gb * 1e9) if config.max_memory_gb else None
-    fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row, budget)
+    buckets = {-(-len(s.input_ids) // PAD_MULTIPLE) for s in data.train}  # the graphs' length buckets
+    fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row, budget,
+                           lengths_vary=len(buckets) > 1)
     if dist.is_main:
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);

@@ -46,7 +46,7 @@ class FastPath:
 
 
 def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world_size: int, row_tokens: int,
-                    memory_budget: int | None = None) -> FastPath:
+                    memory_budget: int | None = None, lengths_vary: bool = False) -> FastPath:
     """Plan the speed-ups of a run of ``config`` for the PEFT-wrapped ``model`` (on its device, its
     adapter attached, before the optimizer exists) and apply them. ``row_tokens`` is the longest row of
     the train split; ``memory_budget`` caps the run's peak on the device (default: allocated + 90% of free)."""
@@ -56,6 +56,6 @@ def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world
     device_facts = DeviceFacts.probe(device, attention_module) if cuda else DeviceFacts(
         "cuda" if device.type == "cuda" else "cpu")
     plan = plan_speedups(config, precision, device_facts, world_size, ModelFacts.read(model, storage=cuda),
-                         row_tokens, memory_budget)
+                         row_tokens, memory_budget, lengths_vary)
     return FastPath(plan, apply_plan(model, plan))
 

@@ -35,6 +35,10 @@ Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
 PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
 FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
+# Measured on the H200 (tests/train/test_trainer_cuda_budget.py): with rows of several lengths, each new length's
+# eager warm-up passes run beside the graphs' pool, and a run that allocated at most 2.0 GB held 4.8 GB reserved.
+BUDGET_WITH_LENGTHS = ("max_memory_gb with rows of several lengths (each new length's eager warm-up runs beside the "
+                       "graphs' memory pool, which the budget does not hold)")
 
 
 class PlanError(ValueError):
@@ -136,12 +140,13 @@ def plain_path_reason(config: TrainConfig, device: DeviceFacts, model: ModelFact
 
 
 def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, world_size: int, model: ModelFacts,
-                  row_tokens: int, memory_budget: int | None = None) -> SpeedupPlan:
+                  row_tokens: int, memory_budget: int | None = None, lengths_vary: bool = False) -> SpeedupPlan:
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
     with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
     peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O.
     Raises PlanError for a run that cannot work on ``world_size`` processes, or that an explicit
-    ``memory_budget`` cannot hold even at the least memory the fixed settings allow."""
+    ``memory_budget`` cannot hold even at the least memory the fixed settings allow. ``lengths_vary``: the
+    train rows pad to more than one length bucket (then several graphs and eager warm-ups share the GPU)."""
     problem = data_parallel_problem(config, world_size)
     if problem:
         raise PlanError(problem)
@@ -177,7 +182,8 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     if s.cuda_graphs:
         graphs_problem = (capture_problem("none", precision == "fp16", config.packing)
                           or padding_problem(model)
-                          or (device.dropout_problem if config.lora_dropout > 0 else None))
+                          or (device.dropout_problem if config.lora_dropout > 0 else None)
+                          or (BUDGET_WITH_LENGTHS if memory_budget is not None and lengths_vary else None))
         if graphs_problem:
             reasons.append(f"CUDA graphs off: {graphs_problem}")
     wants_graphs = s.cuda_graphs and graphs_problem is None
