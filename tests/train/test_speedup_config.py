@@ -14,7 +14,7 @@ from lorafleet.config import ConfigError, SpeedupConfig, TrainConfig, load_train
 from lorafleet.train.data import open_prepared
 from lorafleet.train.distributed import init_distributed
 from lorafleet.train.fast.patch import apply_plan
-from lorafleet.train.loop import PassLoss, train_step
+from lorafleet.train.loop import PassLoss, evaluate, train_step
 from lorafleet.train.preflight import PreflightResult
 from lorafleet.train.save import RunPaths, prepare_staging
 from lorafleet.train.trainer import setup
@@ -100,6 +100,8 @@ def test_smaller_passes_and_hidden_state_loss_train_the_same(tiny_model: Path, t
         patches = apply_plan(split.model, split.plan)
         assert patches.fused_layers == 2 and patches.fused_lora_layers == 14
     split.loss = dataclasses.replace(split.loss, fused=True)
+    # Evaluation goes through the same pass loss at the same rows per pass: the loss it reports does not change.
+    assert evaluate(split) == pytest.approx(evaluate(plain), rel=1e-5)
     step = plain.batches(0)[0]
     loss_plain, tokens_plain, norm_plain = train_step(plain, step)
     loss_split, tokens_split, norm_split = train_step(split, step)

@@ -117,13 +117,20 @@ def test_cli_train_with_config_and_overrides(tiny_model: Path, tiny_data: Path, 
     out = tmp_path / "cli-adapter"
     result = CliRunner().invoke(
         app, ["train", "--data", str(tiny_data), "--out", str(out), "--config", str(config), "--max-steps", "2",
-              "--lora-r", "2", "--target-modules", "q_proj,v_proj", "--no-rslora"],
+              "--lora-r", "2", "--target-modules", "q_proj,v_proj", "--no-rslora", "--max-memory", "64"],
     )
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     assert manifest.lora.r == 2 and manifest.lora.alpha == 8  # flag beats file, file beats default
     assert manifest.lora.target_modules == ["q_proj", "v_proj"] and not manifest.lora.use_rslora
     assert manifest.metrics.steps == 2
+
+
+def test_cli_refuses_a_memory_budget_that_is_not_positive(tiny_model: Path, tiny_data: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--model",
+                                      str(tiny_model), "--max-memory", "0"])
+    assert result.exit_code == 2 and "max_memory_gb" in result.output, result.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_preflight_refusal_exits_nonzero(tiny_model: Path, tiny_data: Path, tmp_path: Path):
