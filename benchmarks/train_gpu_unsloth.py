@@ -14,8 +14,11 @@ Memory: the peaks from the first training step on, warm-up included; loading and
 
     python3 benchmarks/train_gpu_unsloth.py --model DIR --out FILE [--batch 2] [--seq 2048] [--steps 20]
         [--warmup 3] [--context-cap-s 0]
+    python3 benchmarks/train_gpu_unsloth.py --model DIR --out FILE --data PREPARED [--batch 2]
 
-Writes FILE (JSON: the row, and with --context-cap-s the longest batch-1 context that trained).
+Writes FILE (JSON: the row, and with --context-cap-s the longest batch-1 context that trained). With --data
+(train_wallclock.py): one epoch over a `lorafleet prepare` folder's train split, in the batches and order
+`lorafleet train` uses (length-grouped, seed 0), each padded to its longest row; a record per step.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--context-cap-s", type=float, default=0.0, help="search the longest batch-1 context for "
                     "this many seconds (0: no search)")
+    ap.add_argument("--data", type=Path, help="a prepared dataset folder: train one epoch over it")
     return ap.parse_args()
 
 
@@ -128,11 +132,49 @@ def longest_context(model, params, opt, cap_s: float, vocab: int) -> tuple[int, 
     return good, bad, log
 
 
+def prepared_epoch(model, params, opt, data_dir: Path, batch: int) -> list[dict]:
+    """One epoch over the prepared train split in lorafleet's batches; a metrics.jsonl-like record per step."""
+    import pyarrow.parquet as pq
+
+    from lorafleet.config import TrainConfig
+    from lorafleet.train.batching import epoch_batches
+
+    table = pq.read_table(data_dir / "train.parquet", columns=["input_ids", "labels"]).to_pydict()
+    lengths = [len(ids) for ids in table["input_ids"]]
+    defaults = TrainConfig()
+    records, seen = [], 0
+    for indices in epoch_batches(lengths, batch, 1, defaults.seed, 0, defaults.length_group_window):
+        width = max(lengths[i] for i in indices)
+        ids = torch.zeros((len(indices), width), dtype=torch.long)
+        labels = torch.full((len(indices), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids[row, : lengths[i]] = torch.tensor(table["input_ids"][i])
+            labels[row, : lengths[i]] = torch.tensor(table["labels"][i])
+            mask[row, : lengths[i]] = 1
+        started = time.perf_counter()
+        loss = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), labels=labels.cuda()).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss)  # the step's end, as lorafleet's loop reads its loss
+        tokens = sum(lengths[i] for i in indices)
+        seen += tokens
+        records.append(dict(type="train", step=len(records) + 1, loss=value, tokens_seen=seen,
+                            tokens_per_s=tokens / (time.perf_counter() - started)))
+    return records
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     model, params, opt = load(args.model, CONTEXT_MAX if args.context_cap_s > 0 else args.seq)
     load_s = time.perf_counter() - started
+    if args.data:
+        steps = prepared_epoch(model, params, opt, args.data, args.batch)
+        args.out.write_text(json.dumps(dict(load_s=load_s, steps=steps, unsloth=unsloth.__version__)))
+        return
     result = timed_row(model, params, opt, args) | dict(load_s=load_s)
     print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
     if args.context_cap_s > 0:
