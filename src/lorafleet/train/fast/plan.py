@@ -13,9 +13,11 @@ the memory plan needs no recompute. The optimizer is chosen on every path.
 Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
 once per optimizer step outside every pass (``train/distributed.py``, in place: the gradients are views of
 the buffer that is all-reduced), so graphs, the fused loss, the rest and the memory plan apply as on one
-process. A configuration that cannot
-run on several processes is refused (``data_parallel_problem``), before the weights load when the config
-alone says so.
+process. A configuration that cannot run on several processes is refused (``data_parallel_problem``),
+before the weights load when the config alone says so.
+
+An explicit memory budget (``max_memory_gb``) is a limit: the plan records the budget and the peak it
+expects, and refuses a run whose least-memory plan would still exceed the budget.
 """
 
 from __future__ import annotations
