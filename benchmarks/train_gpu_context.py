@@ -35,18 +35,16 @@ def fits(model, fast: bool, seq: int, exact: bool = False) -> tuple[bool, float,
     return ok, seconds, peak, teardown_row(peft, path)
 
 
-def longest_context(model, fast: bool, start: int, cap_s: float, log: list, exact: bool = False):
-    """Doubling from ``start`` then bisection (to 1/16 of the gap) within ``cap_s`` seconds; an attempt
-    predicted (quadratic in seq from the last one) to overrun the cap is not started. Returns
-    (longest that fit, shortest that failed or None if never reached, model)."""
+def search_longest(attempt, start: int, cap_s: float) -> tuple[int, int | None]:
+    """Doubling from ``start`` then bisection (to 1/16 of the gap) within ``cap_s`` seconds; ``attempt(seq)``
+    returns (fits, seconds). An attempt predicted (quadratic in seq from the last one that fit) to overrun
+    the cap is not started. Returns (longest that fit, shortest that failed or None if never reached)."""
     good, bad, seq, t0, last = 0, None, start, time.perf_counter(), (start, 1.0)
     while True:
         predicted = last[1] * (seq / last[0]) ** 2
         if time.perf_counter() - t0 + predicted > cap_s:
             break
-        ok, seconds, peak, model = fits(model, fast, seq, exact)
-        log.append(dict(fast=fast, exact=exact, seq=seq, fits=ok, seconds=seconds, peak_gb=peak))
-        print(json.dumps(log[-1]), flush=True)
+        ok, seconds = attempt(seq)
         if ok:
             good, last = seq, (seq, seconds)
         else:
@@ -57,4 +55,19 @@ def longest_context(model, fast: bool, start: int, cap_s: float, log: list, exac
             break
         else:
             seq = (good + bad) // 2 // 1024 * 1024
+    return good, bad
+
+
+def longest_context(model, fast: bool, start: int, cap_s: float, log: list, exact: bool = False):
+    """``search_longest`` over lorafleet's (``fast``) or the seed stack's batch-1 steps; each attempt goes
+    into ``log``. Returns (longest that fit, shortest that failed or None, model)."""
+
+    def attempt(seq: int) -> tuple[bool, float]:
+        nonlocal model
+        ok, seconds, peak, model = fits(model, fast, seq, exact)
+        log.append(dict(fast=fast, exact=exact, seq=seq, fits=ok, seconds=seconds, peak_gb=peak))
+        print(json.dumps(log[-1]), flush=True)
+        return ok, seconds
+
+    good, bad = search_longest(attempt, start, cap_s)
     return good, bad, model

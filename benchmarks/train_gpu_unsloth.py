@@ -102,10 +102,13 @@ def timed_row(model, params, opt, args) -> dict:
 
 
 def longest_context(model, params, opt, cap_s: float, vocab: int) -> tuple[int, int | None, list[dict]]:
-    """Doubling from 16384 then bisection (to 1/16 of the gap), one batch-1 step per attempt, within cap_s;
-    returns (longest that trained, shortest that ran out of memory or None, the attempts)."""
-    good, bad, seq, log, t0 = 0, None, 16384, [], time.perf_counter()
-    while time.perf_counter() - t0 < cap_s:
+    """train_gpu_context.py's search from 16384 tokens, one batch-1 step per attempt, within cap_s; returns
+    (longest that trained, shortest that ran out of memory or None, the attempts)."""
+    from train_gpu_context import search_longest
+
+    log: list[dict] = []
+
+    def attempt(seq: int) -> tuple[bool, float]:
         ids, labels = make_data(1, 1, seq, vocab)[0]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -122,13 +125,9 @@ def longest_context(model, params, opt, cap_s: float, vocab: int) -> tuple[int, 
         log.append(dict(seq=seq, fits=fits, seconds=time.perf_counter() - started,
                         peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9))
         print(json.dumps(log[-1]), flush=True)
-        good, bad = (seq, bad) if fits else (good, seq)
-        if bad is None:
-            seq *= 2
-        elif bad - good <= max(1024, bad // 16):
-            break
-        else:
-            seq = (good + bad) // 2 // 1024 * 1024
+        return fits, log[-1]["seconds"]
+
+    good, bad = search_longest(attempt, 16384, cap_s)
     return good, bad, log
 
 

@@ -119,12 +119,10 @@ def step_figures(steps: list[dict]) -> dict:
     (graph captures of new length buckets land there)."""
     rates = [s["tokens_per_s"] for s in steps]
     seen = [s["tokens_seen"] for s in steps]
-    loop_s = sum((b - a) / r for a, b, r in zip([0] + seen[:-1], seen, rates, strict=True) if r > 0)
-    first = steps[:30]
-    first_s = sum((b - a) / r for a, b, r in zip([0] + seen[: len(first) - 1], seen[: len(first)],
-                                                  rates[: len(first)], strict=True) if r > 0)
+    seconds = [(b - a) / r for a, b, r in zip([0] + seen[:-1], seen, rates, strict=True) if r > 0]
+    loop_s, first_s = sum(seconds), sum(seconds[:30])
     return dict(loop_s=loop_s, median_tokens_per_s=statistics.median(rates) if rates else 0.0,
-                first30_tokens_per_s=seen[len(first) - 1] / first_s if first_s else 0.0,
+                first30_tokens_per_s=seen[min(30, len(seen)) - 1] / first_s if first_s else 0.0,
                 loss_first=steps[0]["loss"] if steps else None, loss_last=steps[-1]["loss"] if steps else None)
 
 
