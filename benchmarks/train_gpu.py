@@ -49,6 +49,7 @@ EXACT = dict(graphs=True, paged=False, frozen_bf16=False, triton_rope=True)
 VARIANTS = {
     "exact": ("(b) exact = train defaults", EXACT),
     "exact-norope": ("(b) exact, no RoPE kernel", dict(graphs=True, paged=False, frozen_bf16=False)),
+    "exact-bnbdq": ("(b) exact, bitsandbytes' NF4 dequantization", dict(EXACT, triton_dequant=False)),
     "norope": ("(b) without the RoPE kernel", dict(graphs=True, paged=False)),
     "eager": ("(b) round-5 defaults (eager)", dict(frozen_bf16=False)),  # paged AdamW, no graphs
     "eager-bf16": ("(b) round-5 (b): eager", dict()),

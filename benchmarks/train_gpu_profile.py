@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 CATEGORIES = [  # first match wins; matched on the lower-cased kernel name
-    ("nf4_dequant", r"dequant|kdequantize"),
+    ("nf4_dequant", r"dequant|kdequantize|nf4_kernel"),
     ("optimizer", r"optimizer|adam|kpreconditionoptimizer|koptimizer"),
     ("attention", r"flash|fmha|attention|sdpa|mha|efficient"),
-    ("dropout_rng", r"bernoulli|philox|distribution|uniform|curand|rand"),
-    ("triton_norm_swiglu", r"rms_norm|swiglu|_rms|liger|silu_mul|dropout_kernel|_mask"),
+    ("dropout_rng", r"bernoulli|philox|distribution|uniform|curand|rand|dropout_kernel"),
+    ("triton_norm_swiglu", r"rms_norm|swiglu|_rms|liger|silu_mul|_mask"),
     ("loss", r"cross_entropy|log_softmax|nll"),
     ("matmul", r"gemm|cutlass|nvjet|sm90_|sm80_|xmma|cublas|gemv|splitk|matmul"),
     ("copies_casts", r"memcpy|memset|copy|cat_|catarray|fill"),
@@ -109,28 +109,33 @@ def print_summaries(summaries: list[dict]) -> None:
 
 
 def profile_rows(model, data, args) -> list[dict]:
-    """``--profile``: (a), (b) as planned in round 3 (frozen_bf16, attention recompute, micro-batch 2) and
-    the exact default at micro-batch 1 and 2, each 2 warm + ``--profile-steps`` profiled steps."""
-    from train_gpu_rows import setup_row, speed_up, teardown_row, train_steps
+    """``--profile``: (a) and ``lorafleet train``'s exact defaults as planned within (a)'s peak (CUDA graphs at
+    micro-batch 1 at the 8B shape), at dropout 0.05 and 0, each 2 warm + ``--profile-steps`` profiled steps. Kernels replayed
+    from a CUDA graph are listed like launched ones (CUPTI traces graph nodes)."""
+    from train_gpu_rows import graphed_passes, setup_row, speed_up, teardown_row, train_steps
 
-    specs = [("a", False, None, None), ("b_bf16_attn_m2", True, True, 2),
-             ("b_exact_attn_m1", True, False, 1), ("b_exact_attn_m2", True, False, 2)]
+    specs = [("a", False, 0.05), ("b_exact", True, 0.05), ("b_exact_d0", True, 0.0)]
     summaries = []
-    for label, fast, frozen_bf16, micro in specs:
-        peft, params, opt = setup_row(model, True)
+    budget = None  # the (b) rows plan within (a)'s peak, as train_gpu.py's (b) rows do
+    for label, fast, dropout in specs:
+        peft, params, opt = setup_row(model, True, dropout=dropout)
         batch, seq = data[0][0].shape
-        path = None
+        path, micro, runner = None, batch, None
         if fast:
-            path = speed_up(peft, True, batch, seq, None, recompute="attention", micro_batch=micro,
-                            frozen_bf16=frozen_bf16, cuda_graphs=False, triton_rope=False, paged_optimizer=True)
-        micro = micro or batch
+            path = speed_up(peft, True, batch, seq, budget, dropout, frozen_bf16=False)
+            print(f"{label}: {path.describe()}", flush=True)
+            micro = path.plan.micro_batch
+            runner = graphed_passes(peft, params) if path.plan.cuda_graphs else None
         it = iter(range(10**6))
-        step = lambda: train_steps(peft, params, opt, [data[next(it) % len(data)]], micro, fast, 1)  # noqa: E731
+        step = lambda: train_steps(peft, params, opt, [data[next(it) % len(data)]], micro, fast, 1,  # noqa: E731
+                                   runner)
         torch.cuda.reset_peak_memory_stats()
         summary = profile_steps(step, 2, args.profile_steps, args.layers, label, args.out / "profile")
-        summary["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        print(f"peak {summary['peak_gb']:.2f} GB", flush=True)
+        summary["peak_gb"] = torch.cuda.max_memory_reserved() / 1e9
+        if not fast:
+            budget = torch.cuda.max_memory_allocated()
+        print(f"peak reserved {summary['peak_gb']:.2f} GB", flush=True)
         summaries.append(summary)
-        del opt, params
+        del opt, params, runner
         model = teardown_row(peft, path)
     return summaries

@@ -192,7 +192,7 @@ def lora_state(peft) -> dict[str, torch.Tensor]:
 
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: int | None = None,
             recompute: str = "auto", micro: int | None = None, frozen_bf16: bool = True, graphs: bool = False,
-            paged: bool = True, triton_rope: bool = False,
+            paged: bool = True, triton_rope: bool = False, triton_dequant: bool = True,
             dropout: float = DROPOUT) -> tuple[dict, dict[str, torch.Tensor], nn.Module]:
     """One row: (its result, its LoRA update = final - initial weights, the unwrapped model)."""
     peft, params, opt = setup_row(model, quantized, paged, dropout)
@@ -206,7 +206,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
         try:
             path = speed_up(peft, quantized, batch, seq, budget, dropout, recompute=recompute,
                             micro_batch=micro or "auto", frozen_bf16=frozen_bf16, cuda_graphs=graphs,
-                            paged_optimizer=paged, triton_rope=triton_rope)
+                            paged_optimizer=paged, triton_rope=triton_rope, triton_dequant=triton_dequant)
         except ValueError:  # PlanError: the budget cannot hold the row; the same base model goes on to the next
             del opt, params
             teardown_row(peft, None)

@@ -56,6 +56,10 @@ class SpeedupConfig(BaseModel):
     triton_rope: bool = Field(
         True, description="Liger's RoPE kernel in the fused attention (needs fused_elementwise; 1.09x with CUDA graphs on the H200)"
     )
+    triton_dequant: bool = Field(
+        True, description="QLoRA: NF4 weights dequantized by one Triton kernel (bit for bit bitsandbytes' result, which "
+        "takes three kernels; off with a note if it fails its check)"
+    )
     cuda_graphs: bool = Field(
         True,
         description="no recompute (any number of processes): replay each pass's forward + backward from a CUDA graph, captured per "

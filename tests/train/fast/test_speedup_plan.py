@@ -17,7 +17,7 @@ LLAMA_8B = ModelDims(hidden=4096, intermediate=14336, kv_dim=1024, layers=32)
 # After loading the 8B shape in NF4 with fp32 embedding and head and attaching the adapter: ~3.6 GB of NF4
 # weights, 4.2 GB of fp32 tables, 0.34 GB of LoRA weights.
 H200 = DeviceFacts("cuda", free_bytes=130 * GB, allocated_bytes=int(8.2 * GB), triton_problem=None,
-                   dropout_problem=None, rope_problem=None)
+                   dropout_problem=None, rope_problem=None, dequant_problem=None)
 CPU = DeviceFacts("cpu")
 # The Llama-3.1-8B shape after NF4 loading and prepare_model_for_kbit_training: fp32 embedding and head
 # holding bf16 values (2.1 GB saved by bf16 storage), an r=32 all-linear adapter.
@@ -25,10 +25,10 @@ QLORA_8B = ModelFacts(
     model_type="llama", layer_classes=frozenset({"LlamaDecoderLayer"}), attention_classes=frozenset({"LlamaAttention"}),
     norm_classes=frozenset({"LlamaRMSNorm"}), dims=LLAMA_8B, trainable_params=83_886_080, embed_element_size=4,
     head_numel=128256 * 4096, frozen_fp32_bytes=2_101_608_448, bf16_table_bytes=2_101_346_304,
-    head_is_bf16_table=True, head_is_frozen_fp32=True,
+    head_is_bf16_table=True, head_is_frozen_fp32=True, nf4_weights=7 * 32,
 )
 BF16_8B = dataclasses.replace(QLORA_8B, embed_element_size=2, head_is_bf16=True, frozen_fp32_bytes=0,
-                              bf16_table_bytes=0, head_is_bf16_table=False, head_is_frozen_fp32=False)
+                              bf16_table_bytes=0, head_is_bf16_table=False, head_is_frozen_fp32=False, nf4_weights=0)
 # (a)'s measured peak in BENCHMARKS.md round 6: the budget the benchmark's (b) rows plan within.
 SEED_STACK_PEAK = int(17.8 * GB)
 
@@ -60,7 +60,7 @@ CASES = {
                                         dict(fast=False, micro_batch=1), ""),
     "one CUDA process, QLoRA": (dict(), dict(
         fast=True, micro_batch=2, recompute="none", cuda_graphs=True, pad_multiple=64, fused_loss=True,
-        triton_kernels=True, rope_kernel=True, fused_lora=True, fused_mlp=True, storage="bf16-tables",
+        triton_kernels=True, rope_kernel=True, nf4_kernel=True, fused_lora=True, fused_mlp=True, storage="bf16-tables",
         optimizer="adamw8bit", reasons=()), ""),
     # Several processes sum their gradients after the passes, outside the graphs: every speed-up stays on.
     "several processes": (dict(world=2), dict(
@@ -88,7 +88,17 @@ CASES = {
         BF16_8B, bf16_table_bytes=1000)), dict(fast=True, cuda_graphs=False, storage="as-loaded",
                                                optimizer="adamw-fused"), "fp16 loss scaling"),
     "bf16 LoRA": (dict(config={"quantization": "none"}, model=BF16_8B),
-                  dict(fast=True, storage="as-loaded", optimizer="adamw-fused", cuda_graphs=True), ""),
+                  dict(fast=True, storage="as-loaded", optimizer="adamw-fused", cuda_graphs=True, nf4_kernel=False), ""),
+    "bf16 LoRA: no NF4 weights, no word about the NF4 kernel": (
+        dict(config={"quantization": "none"}, model=BF16_8B, device=dataclasses.replace(H200, dequant_problem="no NF4 weights")),
+        dict(nf4_kernel=False, reasons=()), ""),
+    "NF4 kernel switched off": (dict(speedups={"triton_dequant": False}), dict(nf4_kernel=False, reasons=()), ""),
+    "NF4 kernel fails its check": (
+        dict(device=dataclasses.replace(H200, dequant_problem="Triton NF4 dequantization off: differs from bitsandbytes")),
+        dict(fast=True, nf4_kernel=False, cuda_graphs=True), "differs from bitsandbytes"),
+    "an NF4 weight the kernel does not read": (
+        dict(model=dataclasses.replace(QLORA_8B, nf4_layout_problem="quant_type fp4 (the kernel reads NF4)")),
+        dict(fast=True, nf4_kernel=False), "Triton NF4 dequantization off: quant_type fp4"),
     "NF4 with the paged optimizer": (dict(speedups={"paged_optimizer": True}), dict(optimizer="paged-adamw8bit"), ""),
     "NF4, frozen_bf16": (dict(speedups={"frozen_bf16": True}), dict(storage="frozen-bf16"), ""),
     "frozen_bf16 is for QLoRA only": (dict(config={"quantization": "none"}, model=BF16_8B,
@@ -194,6 +204,7 @@ def test_describe_and_summary():
     plan = make()
     line = plan.describe()
     assert line.startswith("CUDA speed-ups:") and "CUDA graphs on" in line and "micro-batch 2 of 2 rows" in line
+    assert "NF4 kernel on" in line
     plain = make(device=CPU, config={"quantization": "none"})
     assert "plain transformers + PEFT path" in plain.describe() and "CUDA-only" in plain.describe()
     two = make(world=2, config={"grad_accum": 2})

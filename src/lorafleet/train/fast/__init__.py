@@ -11,8 +11,8 @@ What each part is:
 * ``architectures.py`` the allow-list of architectures the fused path computes exactly;
 * ``memory.py``       the memory estimate and the micro-batch / recompute plan;
 * ``patch.py``, ``layers.py`` the fused decoder layers and LoRA linears that replace PEFT's;
-* ``fused_lora.py``, ``kernels.py``, ``dropout_kernel.py``, ``offload.py`` the autograd functions and
-  kernels they run; ``linear_ce.py`` the loss from hidden states;
+* ``fused_lora.py``, ``kernels.py``, ``dropout_kernel.py``, ``nf4_kernel.py``, ``offload.py`` the autograd
+  functions and kernels they run; ``linear_ce.py`` the loss from hidden states;
 * ``graphs.py``       forward + backward passes replayed from CUDA graphs;
 * ``bf16_tables.py``, ``optim.py`` exact bf16 storage of frozen tables, the 8-bit AdamW without syncs.
 """
@@ -52,8 +52,9 @@ def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world
     the train split; ``memory_budget`` caps the run's peak on the device (default: allocated + 90% of free)."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda" and config.speedups.enabled
-    attention_module = ModelFacts.read(model, storage=False).attention_module if cuda else None
-    device_facts = DeviceFacts.probe(device, attention_module) if cuda else DeviceFacts(
+    shape = ModelFacts.read(model, storage=False) if cuda else None
+    nf4 = bool(shape and shape.nf4_weights and config.speedups.triton_dequant)
+    device_facts = DeviceFacts.probe(device, shape.attention_module, nf4) if shape else DeviceFacts(
         "cuda" if device.type == "cuda" else "cpu")
     plan = plan_speedups(config, precision, device_facts, world_size, ModelFacts.read(model, storage=cuda),
                          row_tokens, memory_budget, lengths_vary)

@@ -17,6 +17,7 @@ from lorafleet.train.fast.bf16_tables import holds_bf16_values, tables
 from lorafleet.train.fast.memory import ModelDims
 
 ALLOCATOR_ROUNDING = 512  # torch's caching allocator hands out blocks in multiples of 512 bytes
+NF4_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,12 @@ class DeviceFacts:
     triton_problem: str | None = "not a CUDA device"
     dropout_problem: str | None = "not a CUDA device"
     rope_problem: str | None = "not a CUDA device"
+    dequant_problem: str | None = "not a CUDA device"
 
     @classmethod
-    def probe(cls, device: torch.device, rope_module: str | None) -> DeviceFacts:
-        """Measure the memory (before anything else allocates), then check the kernels on ``device``."""
+    def probe(cls, device: torch.device, rope_module: str | None, nf4: bool = False) -> DeviceFacts:
+        """Measure the memory (before anything else allocates), then check the kernels on ``device``
+        (the NF4 kernel only when ``nf4``: the model has 4-bit weights)."""
         if device.type != "cuda":
             return cls("cpu")
         from lorafleet.train.fast.kernels import dropout_problem, rope_problem, triton_problem
@@ -40,7 +43,12 @@ class DeviceFacts:
         free, _ = torch.cuda.mem_get_info(device)
         allocated = torch.cuda.memory_allocated(device)
         rope = rope_problem(device, rope_module) if rope_module else "no attention module to take RoPE from"
-        return cls("cuda", free, allocated, triton_problem(device), dropout_problem(device), rope)
+        dequant = "no NF4 weights"
+        if nf4:
+            from lorafleet.train.fast.nf4_kernel import dequant_problem
+
+            dequant = dequant_problem(device)
+        return cls("cuda", free, allocated, triton_problem(device), dropout_problem(device), rope, dequant)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class ModelFacts:
     bf16_table_bytes: int = 0  # allocator bytes that bf16 storage of bf16-valued tables frees
     head_is_bf16_table: bool = False  # the head is one of those tables
     head_is_frozen_fp32: bool = False
+    nf4_weights: int = 0  # bitsandbytes 4-bit frozen weights
+    nf4_layout_problem: str | None = None  # why the one-kernel NF4 dequantization does not take one of them
     attention_module: str | None = field(default=None, compare=False)  # e.g. transformers' modeling_llama
 
     @classmethod
@@ -80,6 +90,7 @@ class ModelFacts:
         frozen = [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
         exact = [p for p in tables(base) if holds_bf16_values(p)] if storage else []
         attention = parts[0][1] if parts else None
+        four_bit = [p for p in model.parameters() if type(p).__name__ == "Params4bit"]
         return cls(
             model_type=getattr(config, "model_type", type(base).__name__),
             layer_classes=frozenset(type(layer).__name__ for layer, _, _ in parts),
@@ -98,8 +109,33 @@ class ModelFacts:
             bf16_table_bytes=sum(_saved_by_bf16(p) for p in exact),
             head_is_bf16_table=any(p is head_weight for p in exact),
             head_is_frozen_fp32=any(p is head_weight for p in frozen),
+            nf4_weights=len(four_bit),
+            nf4_layout_problem=next(filter(None, (nf4_layout_problem(p.data, p.quant_state) for p in four_bit)), None),
             attention_module=type(attention).__module__ if attention is not None else None,
         )
+
+
+def nf4_layout_problem(packed: torch.Tensor, state) -> str | None:
+    """Why ``nf4_kernel`` does not take a bitsandbytes 4-bit weight (``packed``, its ``quant_state``), or None.
+    Pure: reads only dtypes, shapes and the state's fields."""
+    if state is None:
+        return "no quant_state (not quantized yet)"
+    if state.quant_type != "nf4":
+        return f"quant_type {state.quant_type} (the kernel reads NF4)"
+    if state.dtype not in NF4_OUT_DTYPES:
+        return f"dtype {state.dtype}"
+    if state.blocksize % 2:
+        return f"odd blocksize {state.blocksize}"
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != 1:
+        return f"packed storage {packed.dtype} {tuple(packed.shape)} (the kernel reads uint8 bytes as (n, 1))"
+    if state.nested:
+        nested = state.state2
+        if nested is None or state.absmax.dtype != torch.uint8 or nested.absmax.dtype != torch.float32 \
+                or nested.code.numel() != 256:
+            return "nested absmax not 8-bit codes with fp32 scales"
+    elif state.absmax.dtype != torch.float32:
+        return f"absmax dtype {state.absmax.dtype}"
+    return None
 
 
 def base_model(model: nn.Module) -> nn.Module:

@@ -33,10 +33,15 @@ from torch import Tensor, nn
 from lorafleet.train.fast.kernels import RmsState, rms_norm, rms_norm_grad, silu_mul, silu_mul_grad
 
 
-def dense_weight(base: nn.Module, dtype: torch.dtype) -> Tensor:
-    """The frozen weight of ``base`` (nn.Linear or bitsandbytes Linear4bit) as a dense (out, in) tensor."""
+def dense_weight(base: nn.Module, dtype: torch.dtype, nf4_kernel: bool = False) -> Tensor:
+    """The frozen weight of ``base`` (nn.Linear or bitsandbytes Linear4bit) as a dense (out, in) tensor.
+    ``nf4_kernel``: a 4-bit weight is dequantized by ``nf4_kernel.py`` (the plan checked it takes every one)."""
     weight = base.weight
     if weight.__class__.__name__ == "Params4bit":
+        if nf4_kernel:
+            from lorafleet.train.fast.nf4_kernel import dequantize_nf4
+
+            return dequantize_nf4(weight.data, weight.quant_state).to(dtype)
         import bitsandbytes.functional as bnbf
 
         return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
@@ -131,20 +136,20 @@ def _lora_backward(dy: Tensor, x: Tensor, low: Tensor, w: Tensor, a: Tensor, b: 
 class LoraLinearFunction(torch.autograd.Function):
     """One LoRA linear layer over a frozen base layer (see module docstring).
 
-    ``apply(x, lora_a, lora_b, base, scale, p, keep_dense=False, device_seeds=False)``.
+    ``apply(x, lora_a, lora_b, base, scale, p, keep_dense=False, device_seeds=False, nf4_kernel=False)``.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lora_a: Tensor, lora_b: Tensor, base: nn.Module, scale: float, p: float,
-                keep_dense: bool = False, device_seeds: bool = False):
+                keep_dense: bool = False, device_seeds: bool = False, nf4_kernel: bool = False):
         seed = new_seed(x.device, device_seeds) if p > 0 else 0
         dtype = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (tokens, in)
-            w = dense_weight(base, dtype)
+            w = dense_weight(base, dtype, nf4_kernel)
             y, low = _lora_forward(flat, w, lora_a.to(dtype), lora_b.to(dtype), scale, p, seed, base.bias)
         ctx.save_for_backward(x, low, lora_a, lora_b, *((w,) if keep_dense else ()))
-        ctx.base, ctx.scale, ctx.p, ctx.seed, ctx.dtype = base, scale, p, seed, dtype
+        ctx.base, ctx.scale, ctx.p, ctx.seed, ctx.dtype, ctx.nf4_kernel = base, scale, p, seed, dtype, nf4_kernel
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -155,12 +160,12 @@ class LoraLinearFunction(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         w = None
         if ctx.needs_input_grad[0]:
-            w = kept[0] if kept else dense_weight(ctx.base, dtype)
+            w = kept[0] if kept else dense_weight(ctx.base, dtype, ctx.nf4_kernel)
         dx, grad_a, grad_b = _lora_backward(dy2, flat, low, w, lora_a.to(dtype), lora_b.to(dtype), ctx.scale,
                                             ctx.p, ctx.seed, ctx.needs_input_grad[0])
         if dx is not None:
             dx = dx.reshape(x.shape).to(x.dtype)
-        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None, None
+        return dx, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None, None, None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -192,14 +197,15 @@ class NormLoraMLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, norm_weight: Tensor, eps: float, bases: tuple[nn.Module, ...],
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
-                ad: Tensor, bd: Tensor, triton: bool = False, keep_dense: bool = False, device_seeds: bool = False):
+                ad: Tensor, bd: Tensor, triton: bool = False, keep_dense: bool = False, device_seeds: bool = False,
+                nf4_kernel: bool = False):
         dtype = compute_dtype(h)
         seeds = tuple(new_seed(h.device, device_seeds) if p > 0 else 0 for _ in range(3))
         h = h.contiguous()
         kept: list[Tensor] = []
 
         def weight(i: int) -> Tensor:  # dequantized at use; held past it only inside a recomputed region
-            w = dense_weight(bases[i], dtype)
+            w = dense_weight(bases[i], dtype, nf4_kernel)
             if keep_dense:
                 kept.append(w)
             return w
@@ -216,7 +222,7 @@ class NormLoraMLPFunction(torch.autograd.Function):
         ctx.save_for_backward(h, state.rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
         ctx.state = state.without_rstd()
         ctx.bases, ctx.scales, ctx.p, ctx.seeds, ctx.eps, ctx.dtype = bases, scales, p, seeds, eps, dtype
-        ctx.triton = triton
+        ctx.triton, ctx.nf4_kernel = triton, nf4_kernel
         return y.reshape(*h.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -225,7 +231,7 @@ class NormLoraMLPFunction(torch.autograd.Function):
         dtype, p, seeds, scales, bases, triton = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases, ctx.triton
         state: RmsState = ctx.state.with_rstd(rstd)
         dense = kept or [None, None, None]
-        weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype)  # noqa: E731
+        weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype, ctx.nf4_kernel)  # noqa: E731
         flat = h.reshape(-1, h.shape[-1])
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
         act = silu_mul(gate, up, triton)
@@ -245,4 +251,4 @@ class NormLoraMLPFunction(torch.autograd.Function):
         dh = rms_norm_grad(dx.to(h.dtype), flat, norm_weight, state, overwrite_dx=True).reshape(h.shape)
         grads = [g.to(t.dtype) for g, t in ((grad_ag, ag), (grad_bg, bg), (grad_au, au), (grad_bu, bu),
                                             (grad_ad, ad), (grad_bd, bd))]
-        return (dh, None, None, None, None, None, *grads, None, None, None)
+        return (dh, None, None, None, None, None, *grads, None, None, None, None)

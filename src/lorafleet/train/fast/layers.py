@@ -63,12 +63,13 @@ def lora_parts(module: nn.Module) -> LoraParts | None:
 class FusedLoraLinear(nn.Module):
     """A PEFT LoRA linear (``base(x) + B(A(dropout(x))) * scale``) computed by ``LoraLinearFunction``."""
 
-    def __init__(self, peft_linear: nn.Module, parts: LoraParts, device_seeds: bool):
+    def __init__(self, peft_linear: nn.Module, parts: LoraParts, device_seeds: bool, nf4_kernel: bool = False):
         super().__init__()
         for name, child in peft_linear.named_children():  # base_layer, lora_A, lora_B, ...: same names
             self.add_module(name, child)
         self.parts = parts
         self.device_seeds = device_seeds
+        self.nf4_kernel = nf4_kernel  # the plan's: NF4 weights dequantized by nf4_kernel.py
         self.train(peft_linear.training)
 
     @property
@@ -90,7 +91,8 @@ class FusedLoraLinear(nn.Module):
     def forward(self, x: Tensor, keep_dense: bool = False) -> Tensor:
         """``keep_dense``: the call runs in a region recomputed in backward (see fused_lora.py)."""
         a, b = self.weights()
-        return LoraLinearFunction.apply(x, a, b, self.base, self.parts.scale, self.p, keep_dense, self.device_seeds)
+        return LoraLinearFunction.apply(x, a, b, self.base, self.parts.scale, self.p, keep_dense, self.device_seeds,
+                                        self.nf4_kernel)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class LayerSettings:
     fused_mlp: bool  # RMSNorm + MLP as NormLoraMLPFunction (its three projections are FusedLoraLinear)
     triton: bool  # Triton RMSNorm and SiLU·mul
     device_seeds: bool  # dropout seeds drawn on the device (CUDA graphs)
+    nf4_kernel: bool  # NF4 weights dequantized by nf4_kernel.py
     rope: Rope  # Liger's RoPE kernel or the architecture's apply_rotary_pos_emb
     eager_attention: Callable  # the architecture's eager attention, transformers' fallback
     attention_kwargs: Mapping[str, Any] = field(default_factory=dict)  # e.g. sliding_window
@@ -173,7 +176,7 @@ class FastDecoderLayer(nn.Module):
             return NormLoraMLPFunction.apply(
                 hidden_states, norm.weight, norm.variance_epsilon, tuple(proj.base for proj in projections),
                 tuple(proj.parts.scale for proj in projections), mlp.gate_proj.p, *weights, self.settings.triton,
-                keep_dense, self.settings.device_seeds)
+                keep_dense, self.settings.device_seeds, self.settings.nf4_kernel)
         x = norm(hidden_states)
         gate = mlp.act_fn(_project(mlp.gate_proj, x, keep_dense))
         return _project(mlp.down_proj, gate * _project(mlp.up_proj, x, keep_dense), keep_dense)

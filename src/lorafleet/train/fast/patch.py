@@ -63,7 +63,7 @@ def apply_plan(model: nn.Module, plan: SpeedupPlan) -> Patches:
     stream = torch.cuda.Stream(next(model.parameters()).device) if plan.recompute == "offload" else None
     for index, layer in enumerate(layers):
         if plan.fused_lora:
-            _fuse_lora_linears(layer, plan.cuda_graphs, patches)
+            _fuse_lora_linears(layer, plan.cuda_graphs, plan.nf4_kernel, patches)
         settings = _layer_settings(layer, base.config.model_type, plan)
         patches.fused_mlps += settings.fused_mlp
         _replace(layers, str(index), FastDecoderLayer(layer, settings, stream), patches)
@@ -71,12 +71,12 @@ def apply_plan(model: nn.Module, plan: SpeedupPlan) -> Patches:
     return patches
 
 
-def _fuse_lora_linears(layer: nn.Module, device_seeds: bool, patches: Patches) -> None:
+def _fuse_lora_linears(layer: nn.Module, device_seeds: bool, nf4_kernel: bool, patches: Patches) -> None:
     for parent in (layer.self_attn, layer.mlp):
         for name, child in list(parent.named_children()):
             parts = lora_parts(child)
             if parts is not None:
-                _replace(parent, name, FusedLoraLinear(child, parts, device_seeds), patches)
+                _replace(parent, name, FusedLoraLinear(child, parts, device_seeds, nf4_kernel), patches)
                 patches.fused_lora_layers += 1
 
 
@@ -93,7 +93,8 @@ def _layer_settings(layer: nn.Module, model_type: str, plan: SpeedupPlan) -> Lay
     fused_mlp = (plan.fused_mlp and all(isinstance(p, FusedLoraLinear) for p in projections)
                  and len({p.parts.dropout for p in projections}) == 1)
     return LayerSettings(recompute=plan.recompute, fused_mlp=fused_mlp, triton=plan.triton_kernels,
-                         device_seeds=plan.cuda_graphs, rope=rope, eager_attention=code.eager_attention_forward,
+                         device_seeds=plan.cuda_graphs, nf4_kernel=plan.nf4_kernel, rope=rope,
+                         eager_attention=code.eager_attention_forward,
                          attention_kwargs=extra)
 
 

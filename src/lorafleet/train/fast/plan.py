@@ -61,6 +61,7 @@ class SpeedupPlan:
     fused_mlp: bool = False
     triton_kernels: bool = False  # Triton RMSNorm and SiLU·mul
     rope_kernel: bool = False  # Liger's RoPE in the fused attention
+    nf4_kernel: bool = False  # NF4 weights dequantized by nf4_kernel.py instead of bitsandbytes
     fused_loss: bool = False  # loss from hidden states, never the logits
     cuda_graphs: bool = False  # passes replayed from CUDA graphs, dropout seeds drawn on the device
     storage: Storage = "as-loaded"
@@ -81,7 +82,8 @@ class SpeedupPlan:
         on = lambda flag: "on" if flag else "off"  # noqa: E731
         parts = [f"fused path ({self.architecture})", f"fused LoRA linears {on(self.fused_lora)}",
                  f"fused MLPs {on(self.fused_mlp)}", f"Triton kernels {on(self.triton_kernels)}",
-                 f"RoPE kernel {on(self.rope_kernel)}", f"fused loss {on(self.fused_loss)}",
+                 f"RoPE kernel {on(self.rope_kernel)}", f"NF4 kernel {on(self.nf4_kernel)}",
+                 f"fused loss {on(self.fused_loss)}",
                  f"CUDA graphs {on(self.cuda_graphs)}", f"storage {self.storage}", f"recompute {self.recompute}",
                  f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}", self._processes(),
                  f"planned peak {self.peak_estimate / 1e9:.1f} GB of {self.memory_budget / 1e9:.1f} GB"]
@@ -178,6 +180,10 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     rope = s.triton_rope and triton and device.rope_problem is None
     if s.triton_rope and triton and device.rope_problem:
         reasons.append(device.rope_problem)
+    nf4_kernel = s.triton_dequant and model.nf4_weights > 0 and device.dequant_problem is None \
+        and model.nf4_layout_problem is None
+    if s.triton_dequant and model.nf4_weights and not nf4_kernel:
+        reasons.append(device.dequant_problem or f"Triton NF4 dequantization off: {model.nf4_layout_problem}")
     fused_loss = s.fused_cross_entropy and not model.head_has_lora
     if s.fused_cross_entropy and not fused_loss:
         reasons.append("fused loss off: the head has a LoRA adapter")
@@ -222,7 +228,8 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         reasons.append(f"CUDA graphs off: {capture_problem(recompute)} ({why})")
     return SpeedupPlan(
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
-        fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, fused_loss=fused_loss,
+        fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, nf4_kernel=nf4_kernel,
+        fused_loss=fused_loss,
         cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None,
         architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, memory_budget=budget,
         peak_estimate=estimate, reasons=tuple(reasons),
