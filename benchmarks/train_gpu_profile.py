@@ -110,19 +110,20 @@ def print_summaries(summaries: list[dict]) -> None:
 
 def profile_rows(model, data, args) -> list[dict]:
     """``--profile``: (a) and ``lorafleet train``'s exact defaults as planned within (a)'s peak (CUDA graphs at
-    micro-batch 1 at the 8B shape), at dropout 0.05 and 0, each 2 warm + ``--profile-steps`` profiled steps. Kernels replayed
+    micro-batch 1 at the 8B shape), at dropout 0.05 and 0, without the RoPE kernel and without graphs, each 2 warm + ``--profile-steps`` profiled steps. Kernels replayed
     from a CUDA graph are listed like launched ones (CUPTI traces graph nodes)."""
     from train_gpu_rows import graphed_passes, setup_row, speed_up, teardown_row, train_steps
 
-    specs = [("a", False, 0.05), ("b_exact", True, 0.05), ("b_exact_d0", True, 0.0)]
+    specs = [("a", False, 0.05, {}), ("b_exact", True, 0.05, {}), ("b_exact_d0", True, 0.0, {}),
+             ("b_exact_norope", True, 0.05, {"triton_rope": False}), ("b_exact_eager", True, 0.05, {"cuda_graphs": False})]
     summaries = []
     budget = None  # the (b) rows plan within (a)'s peak, as train_gpu.py's (b) rows do
-    for label, fast, dropout in specs:
+    for label, fast, dropout, switches in specs:
         peft, params, opt = setup_row(model, True, dropout=dropout)
         batch, seq = data[0][0].shape
         path, micro, runner = None, batch, None
         if fast:
-            path = speed_up(peft, True, batch, seq, budget, dropout, frozen_bf16=False)
+            path = speed_up(peft, True, batch, seq, budget, dropout, frozen_bf16=False, **switches)
             print(f"{label}: {path.describe()}", flush=True)
             micro = path.plan.micro_batch
             runner = graphed_passes(peft, params) if path.plan.cuda_graphs else None
