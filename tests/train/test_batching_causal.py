@@ -38,3 +38,11 @@ def test_without_padding_mask_a_causal_model_gives_the_real_tokens_the_same_loss
     for row, sample in enumerate(samples):
         n = len(sample.input_ids)
         torch.testing.assert_close(b[row, :n], a[row, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_the_plans_widths_pick_the_first_that_holds_the_longest_row():
+    widths = (128, 320, 512)
+    cases = [(5, 128), (128, 128), (129, 320), (300, 320), (321, 512), (600, 640)]  # beyond the widths: a multiple
+    for n, width in cases:
+        assert collate_causal([_sample(n, 1)], 0, 64, widths)["input_ids"].shape == (1, width), n
+    assert collate_causal([_sample(5, 1), _sample(200, 1)], 0, 64, widths)["input_ids"].shape == (2, 320)

@@ -94,6 +94,7 @@ def test_qlora_with_cuda_graphs_replays_and_matches_eager(tiny_model: Path, tiny
         assert bool(captured) == graphs
         plan = load_manifest(tmp_path / str(graphs)).speedup_plan  # the manifest records the plan
         assert plan["fast"] and plan["cuda_graphs"] == graphs and plan["architecture"] == "llama"
+        assert bool(plan["pad_widths"]) == graphs
     assert "CUDA graphs on" in capsys.readouterr().err
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3)
     assert losses[True] == pytest.approx(losses[False], rel=2e-2)

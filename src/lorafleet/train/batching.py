@@ -99,15 +99,19 @@ def collate_padded(samples: list[Sample], pad_token_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def collate_causal(samples: list[Sample], pad_token_id: int, multiple: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample rounded up to a multiple of ``multiple``, with no attention mask:
+def collate_causal(samples: list[Sample], pad_token_id: int, multiple: int,
+                   widths: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample rounded up to a multiple of ``multiple``, or to the first of ``widths``
+    (sorted; the plan's graph widths) that holds it, with no attention mask:
     input_ids and labels, each (batch, seq). Exact for causal-LM training: under the causal mask a real
     token never attends to a later (padded) position, and padded positions carry no loss, so nothing
     flows from them. Without a mask, attention can take its fused causal kernels, and a few row lengths
     cover every batch (what CUDA-graph capture per shape needs)."""
     batch = collate_padded(samples, pad_token_id)
     width = batch["input_ids"].shape[1]
-    extra = -width % multiple
+    target = width + (-width % multiple)
+    target = next((w for w in widths if w >= target), target)
+    extra = target - width
     return {
         "input_ids": F.pad(batch["input_ids"], (0, extra), value=pad_token_id),
         "labels": F.pad(batch["labels"], (0, extra), value=IGNORE_INDEX),

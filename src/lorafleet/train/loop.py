@@ -132,7 +132,7 @@ def _collate(run: Run, samples: list[Sample]) -> dict[str, torch.Tensor]:
     if run.config.packing:
         batch = collate_packed(samples)
     elif run.plan.pad_multiple:
-        batch = collate_causal(samples, run.pad_token_id, run.plan.pad_multiple)
+        batch = collate_causal(samples, run.pad_token_id, run.plan.pad_multiple, run.plan.pad_widths)
     else:
         batch = collate_padded(samples, run.pad_token_id)
     return {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}

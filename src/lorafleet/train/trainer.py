@@ -60,6 +60,9 @@ def train_adapter(
 
     run, fast = setup(data, paths, config, ref.path, checked, dist, show_progress)
     state = fit(run, on_step)
+    if run.graphs is not None:  # their memory pool is not held once training is done (several runs per process)
+        run.graphs.close()
+        torch.cuda.empty_cache()
     fast.patches.remove()  # the plain PEFT model again: what is saved does not depend on the speed-ups
     if config.keep_best and run.best_adapter is not None:
         load_trainable_state(run.model, run.best_adapter)
@@ -88,9 +91,12 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
         use_expandable_segments()
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
     budget = int(config.max_memory_gb * 1e9) if config.max_memory_gb else None
-    buckets = {-(-len(s.input_ids) // PAD_MULTIPLE) for s in data.train}  # the graphs' length buckets
+    lengths = [len(s.input_ids) for s in data.train]
+    buckets = {-(-n // PAD_MULTIPLE) for n in lengths}  # the graphs' length buckets
+    steps = total_steps(config, lengths, dist.world_size)
+    seen = steps * config.batch_size * config.grad_accum * dist.world_size / max(len(lengths), 1)  # per row
     fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row, budget,
-                           lengths_vary=len(buckets) > 1)
+                           lengths_vary=len(buckets) > 1, row_lengths=lengths, passes_per_row=seen)
     if dist.is_main:
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);
@@ -100,7 +106,6 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
     # QLoRA computes in bf16 whatever the storage precision.
     autocast = torch.bfloat16 if config.quantization == "nf4" else None if checked.precision == "fp32" else DTYPES[checked.precision]
     loss = PassLoss(model, autocast, fast.plan.fused_loss)
-    steps = total_steps(config, [len(s.input_ids) for s in data.train], dist.world_size)
     optimizer, scheduler = build_optimizer(model, fast.plan.optimizer, config, steps)
     run_key = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_IN_RUN_KEY}
     run_key |= {"dataset_sha256": data.sha256, "world_size": dist.world_size}

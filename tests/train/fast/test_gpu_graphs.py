@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -56,3 +57,32 @@ def test_graph_replays_draw_new_dropout_masks():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         clean = float(hidden_state_loss_sum(model, ids, labels)[0])
     assert all(abs(loss - clean) / clean < 0.2 for loss in losses)
+
+
+def test_close_gives_the_graphs_pool_back():
+    """A captured pass keeps its intermediates in the graphs' private pool between replays; ``close`` (what
+    ``lorafleet train`` calls when training ends) lets ``empty_cache`` hand that memory to the device."""
+    width = 4096
+    weight = torch.randn(width, width, device="cuda", requires_grad=True)
+
+    def loss_fn(inputs):  # about 4 intermediates of 64 MiB each stay in the pool
+        h = inputs["x"] @ weight
+        return (torch.tanh(h) @ weight).square().sum()
+
+    runner = PassGraphs(loss_fn, [weight], capture_after=1)
+    x = torch.randn(width, width, device="cuda")
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    for _ in range(3):
+        runner.run({"x": x}, 1.0)
+    assert runner.replays == 2
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved() - before
+    assert held >= 128 * 2**20  # the pool, the static input and the gradient
+    runner.close()
+    gc.collect()
+    torch.cuda.empty_cache()
+    after = torch.cuda.memory_reserved() - before
+    assert after <= held - 128 * 2**20, (held, after)  # the pool is gone; the gradient stays with the weight
+    assert float(runner.run({"x": x}, 1.0)) > 0 and runner.replays == 2  # later passes run eagerly

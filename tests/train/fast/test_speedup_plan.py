@@ -36,10 +36,11 @@ SEED_STACK_PEAK = int(17.8 * GB)
 def make(config: dict | None = None, speedups: dict | None = None, device: DeviceFacts = H200, world: int = 1,
          lengths_vary: bool = False,
          model: ModelFacts = QLORA_8B, row_tokens: int = 2048, budget: int | None = None,
-         precision: str = "bf16") -> SpeedupPlan:
+         precision: str = "bf16", row_lengths: tuple[int, ...] = (), passes_per_row: float = 1.0) -> SpeedupPlan:
     values = {"batch_size": 2, "quantization": "nf4", **(config or {})}
     train = TrainConfig(**values, speedups=SpeedupConfig(**(speedups or {})))
-    return plan_speedups(train, precision, device, world, model, row_tokens, budget, lengths_vary)
+    return plan_speedups(train, precision, device, world, model, row_tokens, budget, lengths_vary, row_lengths,
+                         passes_per_row)
 
 
 def needs(mode: str, rows: int, tokens: int = 2048) -> int:
@@ -128,6 +129,12 @@ CASES = {
     "recompute set by the user": (dict(speedups={"recompute": "attention"}), dict(recompute="attention",
                                                                                  cuda_graphs=False),
                                   "recompute attention (recomputed passes redraw dropout seeds) (speedups.recompute)"),
+    "graphs pad every pass to the longest row without the lengths": (dict(), dict(pad_widths=(2048,)), ""),
+    "graphs: the pad widths come from the rows' lengths": (
+        dict(row_tokens=1650, row_lengths=(1000,) * 100 + (1650,) * 100, passes_per_row=3.0),
+        dict(cuda_graphs=True, pad_widths=(1024, 1664)), ""),
+    "no graphs, no pad widths": (dict(speedups={"cuda_graphs": False}, row_lengths=(1000, 1650)),
+                                 dict(cuda_graphs=False, pad_widths=()), ""),
     "micro-batch set by the user": (dict(speedups={"micro_batch": 1}), dict(micro_batch=1, recompute="none"), ""),
     "Triton kernels switched off": (dict(speedups={"fused_elementwise": False}),
                                     dict(triton_kernels=False, rope_kernel=False), ""),
@@ -180,7 +187,7 @@ def test_plan(case: str):
         assert len(plan.reasons) == 1  # the plain path says why, in one line
     assert plan.micro_batch >= 1 and plan.rows % plan.micro_batch == 0
     assert plan.cuda_graphs <= (plan.fast and plan.recompute == "none")  # graphs need the fused path, no recompute
-    assert (plan.pad_multiple is not None) == plan.cuda_graphs
+    assert (plan.pad_multiple is not None) == plan.cuda_graphs == bool(plan.pad_widths)
     if plan.fast:  # every fused plan fits the budget it was given, and the log line says so
         assert 0 < plan.peak_estimate <= plan.memory_budget
         assert f"planned peak {plan.peak_estimate / 1e9:.1f} GB of {plan.memory_budget / 1e9:.1f} GB" in plan.describe()
@@ -204,7 +211,7 @@ def test_describe_and_summary():
     plan = make()
     line = plan.describe()
     assert line.startswith("CUDA speed-ups:") and "CUDA graphs on" in line and "micro-batch 2 of 2 rows" in line
-    assert "NF4 kernel on" in line
+    assert "NF4 kernel on" in line and "CUDA graphs on (1 row width, 2048 tokens)" in line
     plain = make(device=CPU, config={"quantization": "none"})
     assert "plain transformers + PEFT path" in plain.describe() and "CUDA-only" in plain.describe()
     two = make(world=2, config={"grad_accum": 2})

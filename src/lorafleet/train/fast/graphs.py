@@ -105,6 +105,14 @@ class PassGraphs:
                 log.warning("CUDA graph capture failed, passes stay eager: %s", self.failure)
         return result
 
+    def close(self) -> None:
+        """Drop every graph, its static tensors and the shared pool: the pool's memory goes back to the caching
+        allocator (``torch.cuda.empty_cache`` then hands it to the device). Later passes run eagerly."""
+        self.graphs.clear()
+        self._pool = None
+        self._stream = None
+        self.failure = "closed"
+
     def _capture(self, key: ShapeKey, batch: dict[str, Tensor]) -> None:
         for p in self.params:  # the replay must add into memory that outlives it
             if p.grad is None:

@@ -23,6 +23,8 @@ expects, and refuses a run whose least-memory plan would still exceed the budget
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +38,11 @@ from lorafleet.train.fast.memory import (
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
 PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
+MAX_GRAPHS = 16  # graphs.PassGraphs captures at most this many pass shapes; further ones stay eager
+# What a new pass width costs before its first replay, in replayed passes of that width: its eager warm-up
+# passes (graphs.PassGraphs: 2, each about 3x a replay at micro-batch 1) and the capture itself. Issue 13
+# measured about 1.35 s per new 64-token width at the 8B shape (rows of 1,000-1,700 tokens), about 10 replays.
+CAPTURE_COST_PASSES = 10
 FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
 # Measured on the H200 (tests/train/test_trainer_cuda_budget.py): a graphed run under a budget, on rows of several
 # lengths, allocated at most 2.0 GB but reached 4.3-4.8 GB reserved (each new length's eager warm-up runs beside the
@@ -66,6 +73,7 @@ class SpeedupPlan:
     cuda_graphs: bool = False  # passes replayed from CUDA graphs, dropout seeds drawn on the device
     storage: Storage = "as-loaded"
     pad_multiple: int | None = None  # rows right-padded to a multiple of this, without a mask (graphs)
+    pad_widths: tuple[int, ...] = ()  # graphs: each pass right-padded to the first of these that holds it
     architecture: str = ""
     world_size: int = 1  # processes (torchrun), each planned for its own GPU
     global_batch: int = 0  # rows per optimizer step over all processes: batch_size × grad_accum × world_size
@@ -84,10 +92,16 @@ class SpeedupPlan:
                  f"fused MLPs {on(self.fused_mlp)}", f"Triton kernels {on(self.triton_kernels)}",
                  f"RoPE kernel {on(self.rope_kernel)}", f"NF4 kernel {on(self.nf4_kernel)}",
                  f"fused loss {on(self.fused_loss)}",
-                 f"CUDA graphs {on(self.cuda_graphs)}", f"storage {self.storage}", f"recompute {self.recompute}",
+                 f"CUDA graphs {on(self.cuda_graphs)}{self._widths()}", f"storage {self.storage}", f"recompute {self.recompute}",
                  f"micro-batch {self.micro_batch} of {self.rows} rows", f"optimizer {self.optimizer}", self._processes(),
                  f"planned peak {self.peak_estimate / 1e9:.1f} GB of {self.memory_budget / 1e9:.1f} GB"]
         return "CUDA speed-ups: " + ", ".join(parts) + "".join(f"; {r}" for r in self.reasons)
+
+    def _widths(self) -> str:
+        if not self.pad_widths:
+            return ""
+        many = len(self.pad_widths) > 1
+        return f" ({len(self.pad_widths)} row width{'s' if many else ''}, {', '.join(map(str, self.pad_widths))} tokens)"
 
     def _processes(self) -> str:
         return f"{self.world_size} process{'es' if self.world_size > 1 else ''}, global batch {self.global_batch} rows"
@@ -97,6 +111,50 @@ class SpeedupPlan:
         values = dataclasses.asdict(self)
         values["reasons"] = list(self.reasons)
         return values
+
+
+def length_buckets(lengths: Sequence[int], multiple: int, passes_per_row: float, micro_batch: int,
+                   max_buckets: int = MAX_GRAPHS, capture_cost: float = CAPTURE_COST_PASSES) -> tuple[int, ...]:
+    """The pad widths of a graphed run: each pass is right-padded to the first width that holds its longest
+    row, and each width is one captured graph. Chosen to minimise the tokens the run spends on them: the
+    padding of every row (``passes_per_row`` times over the run) plus ``capture_cost`` passes of ``micro_batch``
+    rows at each width (what a new width costs before it replays), with at most ``max_buckets`` widths.
+    Each width is a multiple of ``multiple`` and the last holds the longest row. Pure."""
+    if not lengths:
+        return ()
+    counts = Counter(-(-n // multiple) * multiple for n in lengths)
+    widths = sorted(counts)
+    lengths_at = Counter()
+    for n in lengths:
+        lengths_at[-(-n // multiple) * multiple] += n
+    rows = [0]  # prefix sums over the candidate widths: rows, and their tokens
+    tokens = [0]
+    for w in widths:
+        rows.append(rows[-1] + counts[w])
+        tokens.append(tokens[-1] + lengths_at[w])
+
+    def cost(i: int, j: int) -> float:  # one width widths[j - 1] for the rows of candidates i..j-1
+        width = widths[j - 1]
+        padding = (rows[j] - rows[i]) * width - (tokens[j] - tokens[i])
+        return passes_per_row * padding + capture_cost * micro_batch * width
+
+    k = len(widths)
+    inf = float("inf")
+    best = [[inf] * (k + 1) for _ in range(min(max_buckets, k) + 1)]  # best[b][j]: candidates 0..j-1 in b widths
+    choice = [[0] * (k + 1) for _ in range(len(best))]
+    best[0][0] = 0.0
+    for b in range(1, len(best)):
+        for j in range(1, k + 1):
+            for i in range(b - 1, j):
+                total = best[b - 1][i] + cost(i, j)
+                if total < best[b][j]:
+                    best[b][j], choice[b][j] = total, i
+    b = min(range(1, len(best)), key=lambda n: (best[n][k], n))
+    chosen, j = [], k
+    while b > 0:
+        chosen.append(widths[j - 1])
+        j, b = choice[b][j], b - 1
+    return tuple(reversed(chosen))
 
 
 def capture_problem(recompute: str, loss_scaling: bool = False, packing: bool = False) -> str | None:
@@ -145,13 +203,16 @@ def plain_path_reason(config: TrainConfig, device: DeviceFacts, model: ModelFact
 
 
 def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, world_size: int, model: ModelFacts,
-                  row_tokens: int, memory_budget: int | None = None, lengths_vary: bool = False) -> SpeedupPlan:
+                  row_tokens: int, memory_budget: int | None = None, lengths_vary: bool = False,
+                  row_lengths: Sequence[int] = (), passes_per_row: float = 1.0) -> SpeedupPlan:
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
     with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
     peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O.
     Raises PlanError for a run that cannot work on ``world_size`` processes, or that an explicit
     ``memory_budget`` cannot hold even at the least memory the fixed settings allow. ``lengths_vary``: the
-    train rows pad to more than one length bucket (then several graphs and eager warm-ups share the GPU)."""
+    train rows pad to more than one length bucket (then several graphs and eager warm-ups share the GPU).
+    ``row_lengths`` (every train row's tokens) and ``passes_per_row`` (how often the run sees each) choose the
+    graphs' pad widths (``length_buckets``); without them every pass pads to the longest row."""
     problem = data_parallel_problem(config, world_size)
     if problem:
         raise PlanError(problem)
@@ -226,11 +287,12 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     if wants_graphs and not graphs:
         why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
         reasons.append(f"CUDA graphs off: {capture_problem(recompute)} ({why})")
+    widths = length_buckets(row_lengths or (row_tokens,), PAD_MULTIPLE, passes_per_row, micro) if graphs else ()
     return SpeedupPlan(
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
         fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, nf4_kernel=nf4_kernel,
         fused_loss=fused_loss,
-        cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None,
+        cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None, pad_widths=widths,
         architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, memory_budget=budget,
         peak_estimate=estimate, reasons=tuple(reasons),
     )
