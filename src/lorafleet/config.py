@@ -63,7 +63,7 @@ class SpeedupConfig(BaseModel):
     cuda_graphs: bool = Field(
         True,
         description="no recompute (any number of processes): replay each pass's forward + backward from a CUDA graph, captured per "
-        "row length (rows right-padded to a multiple of 64, no attention mask; exact for causal LM)",
+        "pass width (passes right-padded, no attention mask, to a few widths chosen per dataset; exact for causal LM)",
     )
     paged_optimizer: bool = Field(
         False,

@@ -8,7 +8,8 @@ The training log prints ``SpeedupPlan.describe()``, the manifest stores ``Speedu
 The order of the decision: CPU or switched off → plain path; an architecture off the allow-list → plain
 path; then storage, kernels, loss, CUDA graphs (and why not), and the memory plan (micro-batch and
 recompute, ``memory.py``), which prefers no recompute when graphs would run; graphs then run only when
-the memory plan needs no recompute. The optimizer is chosen on every path.
+the memory plan needs no recompute, with pad widths chosen from the rows' lengths (``length_buckets``). The
+optimizer is chosen on every path.
 
 Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
 once per optimizer step outside every pass (``train/distributed.py``, in place: the gradients are views of
