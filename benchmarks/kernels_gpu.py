@@ -52,9 +52,9 @@ def graph_ms(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def eager_ms(fn, reps: int) -> float:
-    """Milliseconds of one eager ``fn()`` (launches included), after 3 warm calls."""
-    for _ in range(3):
+def eager_ms(fn, reps: int, warm: int = 3) -> float:
+    """Milliseconds of one eager ``fn()`` (launches included), after ``warm`` warm calls."""
+    for _ in range(warm):
         fn()
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -47,16 +46,10 @@ def _device_us(evt, self_time: bool) -> float:
 
 def profile_steps(step, warm: int, steps: int, layers: int, label: str, out: Path | None) -> dict:
     """``step()`` runs one optimizer step. Returns (and writes as JSON under ``out``) the profile summary."""
+    from kernels_gpu import eager_ms
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(warm):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    step_ms = (time.perf_counter() - t0) * 1e3 / steps  # unprofiled wall time per step
+    step_ms = eager_ms(step, steps, warm)  # unprofiled wall time per step
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()

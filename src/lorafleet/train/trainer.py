@@ -23,7 +23,6 @@ from lorafleet.train.data import TrainData, open_prepared
 from lorafleet.train.distributed import DistInfo, FlatGradients, barrier, broadcast_parameters, init_distributed, training_device
 from lorafleet.train.fast import FastPath, enable_speedups
 from lorafleet.train.fast.graphs import PassGraphs
-from lorafleet.train.fast.plan import PAD_MULTIPLE
 from lorafleet.train.loop import PassLoss, Run, StepHook, fit, total_steps
 from lorafleet.train.preflight import DeviceInfo, ModelInfo, PreflightResult, preflight
 from lorafleet.train.progress import RunLogger
@@ -92,11 +91,10 @@ def setup(data: TrainData, paths: RunPaths, config: TrainConfig, model_path: Pat
     model = attach_adapter(load_base_model(config, model_path, checked.precision, device), config)
     budget = int(config.max_memory_gb * 1e9) if config.max_memory_gb else None
     lengths = [len(s.input_ids) for s in data.train]
-    buckets = {-(-n // PAD_MULTIPLE) for n in lengths}  # the graphs' length buckets
     steps = total_steps(config, lengths, dist.world_size)
     seen = steps * config.batch_size * config.grad_accum * dist.world_size / max(len(lengths), 1)  # per row
     fast = enable_speedups(model, config, checked.precision, dist.world_size, data.longest_train_row, budget,
-                           lengths_vary=len(buckets) > 1, row_lengths=lengths, passes_per_row=seen)
+                           row_lengths=lengths, passes_per_row=seen)
     if dist.is_main:
         Console(stderr=True).print(fast.describe(), highlight=False, soft_wrap=True)  # one line, unwrapped
     # The same adapter everywhere (each process seeded alike; this makes it so whatever the init draws);

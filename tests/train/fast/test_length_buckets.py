@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lorafleet.train.fast.plan import CAPTURE_COST_PASSES, length_buckets
+from lorafleet.train.fast.buckets import CAPTURE_COST_PASSES, length_buckets
 
 
 def run_cost(lengths, widths, passes_per_row, micro=1, capture=CAPTURE_COST_PASSES) -> float:

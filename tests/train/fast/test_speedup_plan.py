@@ -34,13 +34,11 @@ SEED_STACK_PEAK = int(17.8 * GB)
 
 
 def make(config: dict | None = None, speedups: dict | None = None, device: DeviceFacts = H200, world: int = 1,
-         lengths_vary: bool = False,
          model: ModelFacts = QLORA_8B, row_tokens: int = 2048, budget: int | None = None,
          precision: str = "bf16", row_lengths: tuple[int, ...] = (), passes_per_row: float = 1.0) -> SpeedupPlan:
     values = {"batch_size": 2, "quantization": "nf4", **(config or {})}
     train = TrainConfig(**values, speedups=SpeedupConfig(**(speedups or {})))
-    return plan_speedups(train, precision, device, world, model, row_tokens, budget, lengths_vary, row_lengths,
-                         passes_per_row)
+    return plan_speedups(train, precision, device, world, model, row_tokens, budget, row_lengths, passes_per_row)
 
 
 def needs(mode: str, rows: int, tokens: int = 2048) -> int:
@@ -121,9 +119,9 @@ CASES = {
         dict(speedups={"micro_batch": 2, "recompute": "none"}, budget=needs("none", 1)), PlanError,
         "micro-batch 2 and recompute none"),
     "a budget with rows of several lengths: graphs off": (
-        dict(budget=SEED_STACK_PEAK, lengths_vary=True), dict(cuda_graphs=False, pad_multiple=None),
+        dict(budget=SEED_STACK_PEAK, row_lengths=(1000, 2048)), dict(cuda_graphs=False, pad_multiple=None),
         "max_memory_gb with rows of several lengths"),
-    "the default budget with rows of several lengths: graphs on": (dict(lengths_vary=True), dict(cuda_graphs=True), ""),
+    "the default budget with rows of several lengths: graphs on": (dict(row_lengths=(1000, 2048)), dict(cuda_graphs=True), ""),
     "graphs switched off": (dict(speedups={"cuda_graphs": False}, budget=needs("attention", 2)),
                             dict(cuda_graphs=False, pad_multiple=None, micro_batch=2, recompute="attention"), ""),
     "recompute set by the user": (dict(speedups={"recompute": "attention"}), dict(recompute="attention",

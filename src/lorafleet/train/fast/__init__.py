@@ -10,6 +10,7 @@ What each part is:
 * ``facts.py``        what the plan reads from the device and the model;
 * ``architectures.py`` the allow-list of architectures the fused path computes exactly;
 * ``memory.py``       the memory estimate and the micro-batch / recompute plan;
+* ``buckets.py``      the pad widths of a graphed run (one graph each);
 * ``patch.py``, ``layers.py`` the fused decoder layers and LoRA linears that replace PEFT's;
 * ``fused_lora.py``, ``kernels.py``, ``dropout_kernel.py``, ``nf4_kernel.py``, ``offload.py`` the autograd
   functions and kernels they run; ``linear_ce.py`` the loss from hidden states;
@@ -47,12 +48,12 @@ class FastPath:
 
 
 def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world_size: int, row_tokens: int,
-                    memory_budget: int | None = None, lengths_vary: bool = False, row_lengths: Sequence[int] = (),
+                    memory_budget: int | None = None, row_lengths: Sequence[int] = (),
                     passes_per_row: float = 1.0) -> FastPath:
     """Plan the speed-ups of a run of ``config`` for the PEFT-wrapped ``model`` (on its device, its
     adapter attached, before the optimizer exists) and apply them. ``row_tokens`` is the longest row of
     the train split; ``memory_budget`` caps the run's peak on the device (default: allocated + 90% of free);
-    ``row_lengths`` and ``passes_per_row`` choose the CUDA graphs' pad widths (``plan.length_buckets``)."""
+    ``row_lengths`` and ``passes_per_row`` choose the CUDA graphs' pad widths (``buckets.length_buckets``)."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda" and config.speedups.enabled
     shape = ModelFacts.read(model, storage=False) if cuda else None
@@ -60,6 +61,6 @@ def enable_speedups(model: nn.Module, config: TrainConfig, precision: str, world
     device_facts = DeviceFacts.probe(device, shape.attention_module, nf4) if shape else DeviceFacts(
         "cuda" if device.type == "cuda" else "cpu")
     plan = plan_speedups(config, precision, device_facts, world_size, ModelFacts.read(model, storage=cuda),
-                         row_tokens, memory_budget, lengths_vary, row_lengths, passes_per_row)
+                         row_tokens, memory_budget, row_lengths, passes_per_row)
     return FastPath(plan, apply_plan(model, plan))
 

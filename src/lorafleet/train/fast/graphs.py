@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lorafleet.train.fast.buckets import MAX_GRAPHS
+
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]  # a pass's summed loss (0-dim), its autograd graph attached
@@ -64,7 +66,7 @@ class PassGraphs:
     """Forward + backward passes, eager for the first ``capture_after`` uses of a shape, then replayed
     from a CUDA graph (at most ``max_graphs`` shapes; further shapes stay eager)."""
 
-    def __init__(self, loss_fn: LossFn, params: list[Tensor], capture_after: int = 2, max_graphs: int = 16):
+    def __init__(self, loss_fn: LossFn, params: list[Tensor], capture_after: int = 2, max_graphs: int = MAX_GRAPHS):
         if capture_after < 1:
             raise ValueError("capture_after must be at least 1: a shape is warmed up eagerly before capture")
         self.loss_fn = loss_fn

@@ -24,13 +24,13 @@ expects, and refuses a run whose least-memory plan would still exceed the budget
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from lorafleet.config import TrainConfig
 from lorafleet.train.fast.architectures import architecture_problem, padding_problem
+from lorafleet.train.fast.buckets import length_buckets
 from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
 from lorafleet.train.fast.memory import (
     MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Recompute, activation_bytes_per_token, plan_micro_batch,
@@ -39,11 +39,6 @@ from lorafleet.train.fast.memory import (
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw8bit", "paged-adamw8bit"]
 PAD_MULTIPLE = 64  # with CUDA graphs, rows are padded to a multiple of this: one graph per length bucket
-MAX_GRAPHS = 16  # graphs.PassGraphs captures at most this many pass shapes; further ones stay eager
-# What a new pass width costs before its first replay, in replayed passes of that width: its eager warm-up
-# passes (graphs.PassGraphs: 2, each about 3x a replay at micro-batch 1) and the capture itself. Issue 13
-# measured about 1.35 s per new 64-token width at the 8B shape (rows of 1,000-1,700 tokens), about 10 replays.
-CAPTURE_COST_PASSES = 10
 FREE_MEMORY_SHARE = 0.9  # without an explicit budget a run may take what is allocated plus 90% of what is free
 # Measured on the H200 (tests/train/test_trainer_cuda_budget.py): a graphed run under a budget, on rows of several
 # lengths, allocated at most 2.0 GB but reached 4.3-4.8 GB reserved (each new length's eager warm-up runs beside the
@@ -114,50 +109,6 @@ class SpeedupPlan:
         return values
 
 
-def length_buckets(lengths: Sequence[int], multiple: int, passes_per_row: float, micro_batch: int,
-                   max_buckets: int = MAX_GRAPHS, capture_cost: float = CAPTURE_COST_PASSES) -> tuple[int, ...]:
-    """The pad widths of a graphed run: each pass is right-padded to the first width that holds its longest
-    row, and each width is one captured graph. Chosen to minimise the tokens the run spends on them: the
-    padding of every row (``passes_per_row`` times over the run) plus ``capture_cost`` passes of ``micro_batch``
-    rows at each width (what a new width costs before it replays), with at most ``max_buckets`` widths.
-    Each width is a multiple of ``multiple`` and the last holds the longest row. Pure."""
-    if not lengths:
-        return ()
-    counts = Counter(-(-n // multiple) * multiple for n in lengths)
-    widths = sorted(counts)
-    lengths_at = Counter()
-    for n in lengths:
-        lengths_at[-(-n // multiple) * multiple] += n
-    rows = [0]  # prefix sums over the candidate widths: rows, and their tokens
-    tokens = [0]
-    for w in widths:
-        rows.append(rows[-1] + counts[w])
-        tokens.append(tokens[-1] + lengths_at[w])
-
-    def cost(i: int, j: int) -> float:  # one width widths[j - 1] for the rows of candidates i..j-1
-        width = widths[j - 1]
-        padding = (rows[j] - rows[i]) * width - (tokens[j] - tokens[i])
-        return passes_per_row * padding + capture_cost * micro_batch * width
-
-    k = len(widths)
-    inf = float("inf")
-    best = [[inf] * (k + 1) for _ in range(min(max_buckets, k) + 1)]  # best[b][j]: candidates 0..j-1 in b widths
-    choice = [[0] * (k + 1) for _ in range(len(best))]
-    best[0][0] = 0.0
-    for b in range(1, len(best)):
-        for j in range(1, k + 1):
-            for i in range(b - 1, j):
-                total = best[b - 1][i] + cost(i, j)
-                if total < best[b][j]:
-                    best[b][j], choice[b][j] = total, i
-    b = min(range(1, len(best)), key=lambda n: (best[n][k], n))
-    chosen, j = [], k
-    while b > 0:
-        chosen.append(widths[j - 1])
-        j, b = choice[b][j], b - 1
-    return tuple(reversed(chosen))
-
-
 def capture_problem(recompute: str, loss_scaling: bool = False, packing: bool = False) -> str | None:
     """Why a training pass cannot be captured as a CUDA graph, or None when it can. Several processes are
     no problem: their gradients are summed after the passes, outside the graphs."""
@@ -204,19 +155,20 @@ def plain_path_reason(config: TrainConfig, device: DeviceFacts, model: ModelFact
 
 
 def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, world_size: int, model: ModelFacts,
-                  row_tokens: int, memory_budget: int | None = None, lengths_vary: bool = False,
-                  row_lengths: Sequence[int] = (), passes_per_row: float = 1.0) -> SpeedupPlan:
+                  row_tokens: int, memory_budget: int | None = None, row_lengths: Sequence[int] = (),
+                  passes_per_row: float = 1.0) -> SpeedupPlan:
     """Decide every speed-up of a run of ``config`` (``precision`` as preflight resolved it) on ``device``
     with ``world_size`` processes, for rows of at most ``row_tokens`` tokens. ``memory_budget`` is the
     peak the run may reach on the device (default: allocated now + 90% of free). Pure: no I/O.
     Raises PlanError for a run that cannot work on ``world_size`` processes, or that an explicit
-    ``memory_budget`` cannot hold even at the least memory the fixed settings allow. ``lengths_vary``: the
-    train rows pad to more than one length bucket (then several graphs and eager warm-ups share the GPU).
-    ``row_lengths`` (every train row's tokens) and ``passes_per_row`` (how often the run sees each) choose the
-    graphs' pad widths (``length_buckets``); without them every pass pads to the longest row."""
+    ``memory_budget`` cannot hold even at the least memory the fixed settings allow. ``row_lengths`` (every
+    train row's tokens) and ``passes_per_row`` (how often the run sees each) choose the graphs' pad widths
+    (``length_buckets``; without them every pass pads to the longest row), and say whether the rows pad to more
+    than one 64-token bucket (then several graphs and eager warm-ups share the GPU)."""
     problem = data_parallel_problem(config, world_size)
     if problem:
         raise PlanError(problem)
+    lengths_vary = len({-(-n // PAD_MULTIPLE) for n in row_lengths}) > 1
     s = config.speedups
     rows = config.batch_size
     fixed_micro = s.micro_batch if isinstance(s.micro_batch, int) else None
