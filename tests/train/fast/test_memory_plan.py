@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token, plan_micro_batch
+import pytest
+
+from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token, plan_micro_batch, trainable_bytes_per_param
 
 LLAMA_8B = ModelDims(hidden=4096, intermediate=14336, kv_dim=1024, layers=32)
 
@@ -41,6 +43,12 @@ def test_plan_prefers_the_largest_micro_batch_then_the_least_recompute():
     assert plan_micro_batch(2, 2048, LLAMA_8B, budget - 1) == (1, "none")
     assert plan_micro_batch(6, 2048, LLAMA_8B, 3 * 2048 * per_none) == (3, "none")  # divisors only
     assert plan_micro_batch(1, 2048, LLAMA_8B, 2048 * per_attn - 1) == (1, "offload")
+    # Nothing fits with at most attention recompute: offload at the largest micro-batch its budget holds.
+    per_offload = activation_bytes_per_token(LLAMA_8B, "offload")
+    assert 4 * per_offload < per_attn
+    assert plan_micro_batch(8, 2048, LLAMA_8B, 4 * 2048 * per_offload) == (4, "offload")
+    assert plan_micro_batch(8, 2048, LLAMA_8B, 4 * 2048 * per_offload - 1) == (2, "offload")
+    assert plan_micro_batch(8, 2048, LLAMA_8B, 2048 * per_offload - 1) == (1, "offload")  # the caller refuses it
     # Fixed choices are kept as given.
     assert plan_micro_batch(4, 2048, LLAMA_8B, 0, micro_batch=2) == (2, "offload")
     assert plan_micro_batch(4, 2048, LLAMA_8B, 10**12, checkpointing="attention") == (4, "attention")
@@ -57,3 +65,12 @@ def test_graphs_plan_prefers_no_recompute_over_a_larger_micro_batch():
     assert attention_1 < none_1
     assert plan_micro_batch(2, 2048, LLAMA_8B, attention_1, triton=True, residual_bytes=4,
                             no_recompute_first=True) == (1, "attention")  # nothing fits without recompute: as before
+
+
+@pytest.mark.parametrize(("optimizer", "expected"), [
+    ("adamw", 12), ("adamw-fused", 12),  # fp32 gradient + two fp32 moments
+    ("adamw8bit", 6), ("paged-adamw8bit", 6),  # fp32 gradient + two 1-byte moments
+    ("something new", 12),  # unknown: counted as fp32 AdamW, never less
+])
+def test_trainable_state_per_parameter(optimizer: str, expected: int):
+    assert trainable_bytes_per_param(optimizer) == expected

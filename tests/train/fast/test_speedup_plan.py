@@ -9,7 +9,7 @@ import pytest
 
 from lorafleet.config import SpeedupConfig, TrainConfig
 from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
-from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token
+from lorafleet.train.fast.memory import ModelDims, activation_bytes_per_token, trainable_bytes_per_param
 from lorafleet.train.fast.plan import PlanError, SpeedupPlan, plan_speedups
 
 GB = 10**9
@@ -45,7 +45,7 @@ def needs(mode: str, rows: int, tokens: int = 2048) -> int:
     """The budget that activations of `rows` rows need under `mode`, plus the plan's fixed part (the same on
     several processes: they all-reduce the gradients in place)."""
     saved = QLORA_8B.bf16_table_bytes
-    fixed = H200.allocated_bytes - saved + 12 * QLORA_8B.trainable_params + 512 * 2**20
+    fixed = H200.allocated_bytes - saved + trainable_bytes_per_param("adamw8bit") * QLORA_8B.trainable_params + 512 * 2**20
     return fixed + rows * tokens * activation_bytes_per_token(LLAMA_8B, mode, True, 4)
 
 
@@ -108,8 +108,16 @@ CASES = {
     "recompute needed: graphs off": (
         dict(budget=needs("attention", 1)), dict(micro_batch=1, recompute="attention", cuda_graphs=False,
                                                  pad_multiple=None), "(needed to fit the memory)"),
-    "nothing fits: offload": (dict(budget=needs("attention", 1) - 1), dict(micro_batch=1, recompute="offload"),
-                              "recompute offload"),
+    "nothing fits with attention recompute: offload, at both rows": (
+        dict(budget=needs("attention", 1) - 1), dict(micro_batch=2, recompute="offload"), "recompute offload"),
+    # Round 9 ran batch 8 within Unsloth's 11.5 GB at one row per pass while 4 GB stayed free: offload now takes
+    # the largest micro-batch the budget holds.
+    "nothing fits without offload: the largest micro-batch that fits with it": (
+        dict(config={"batch_size": 8}, budget=needs("offload", 4)), dict(micro_batch=4, recompute="offload"),
+        "recompute offload"),
+    "a byte short of offload at four rows: two": (
+        dict(config={"batch_size": 8}, budget=needs("offload", 4) - 1), dict(micro_batch=2, recompute="offload"),
+        "recompute offload"),
     "a budget that holds offload at one row, exactly": (
         dict(budget=needs("offload", 1)), dict(micro_batch=1, recompute="offload", peak_estimate=needs("offload", 1)),
         "recompute offload"),

@@ -33,7 +33,7 @@ from lorafleet.train.fast.architectures import architecture_problem, padding_pro
 from lorafleet.train.fast.buckets import length_buckets
 from lorafleet.train.fast.facts import DeviceFacts, ModelFacts
 from lorafleet.train.fast.memory import (
-    MARGIN_BYTES, TRAINABLE_BYTES_PER_PARAM, Recompute, activation_bytes_per_token, plan_micro_batch,
+    MARGIN_BYTES, Recompute, activation_bytes_per_token, plan_micro_batch, trainable_bytes_per_param,
 )
 
 Storage = Literal["as-loaded", "bf16-tables", "frozen-bf16"]
@@ -219,7 +219,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     budget = memory_budget if memory_budget is not None else allocated + int(device.free_bytes * FREE_MEMORY_SHARE)
     head_bf16 = (model.head_is_bf16 or (storage == "frozen-bf16" and model.head_is_frozen_fp32)
                  or (storage == "bf16-tables" and model.head_is_bf16_table))
-    fixed = allocated + TRAINABLE_BYTES_PER_PARAM * model.trainable_params + MARGIN_BYTES
+    fixed = allocated + trainable_bytes_per_param(plain.optimizer) * model.trainable_params + MARGIN_BYTES
     if fused_loss and not head_bf16:
         fixed += 2 * model.head_numel
     residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
