@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from fast_models import batch, tiny_llama, with_lora
 
@@ -45,6 +46,36 @@ def test_fused_lora_functions_match_peft_in_float64():
     got_grads = [h.grad] + [p.grad for p in mlp.parameters() if p.grad is not None]
     for r, g in zip(ref_grads, got_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("keep_dense", [False, True])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_a_recomputation_without_the_down_matmul_gives_the_same_gradients(p: float, keep_dense: bool):
+    """``output_needed=False`` (offload's recompute run) skips the down projection's frozen matmul; backward
+    must not notice: every gradient equals the full run's, dropout masks included."""
+    peft = with_lora(tiny_llama(torch.float64, "cpu"), dropout=p)
+    layer = peft.base_model.model.model.layers[0]
+    mlp, norm = layer.mlp, layer.post_attention_layernorm
+    parts = [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    tensors = [t for m in parts for t in (m.lora_A["default"].weight, m.lora_B["default"].weight)]
+    h = torch.randn(2, 5, 128, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 5, 128, dtype=torch.float64)
+    grads = []
+    for output_needed in (True, False):
+        h.grad = None
+        mlp.zero_grad()
+        torch.manual_seed(5)
+        out = NormLoraMLPFunction.apply(h, norm.weight, norm.variance_epsilon, tuple(m.get_base_layer() for m in parts),
+                                        tuple(float(m.scaling["default"]) for m in parts), p, *tensors, False,
+                                        keep_dense, False, False, output_needed)
+        assert out.shape == h.shape
+        if not output_needed:
+            assert not out.any()  # a stand-in: zeros, the down matmul never ran
+        out.backward(dy)
+        grads.append([h.grad.clone()] + [t.grad.clone() for t in tensors])
+    assert all(g.abs().sum() > 0 for g in grads[0])
+    for full, skipped in zip(*grads, strict=True):
+        torch.testing.assert_close(skipped, full, rtol=0, atol=0)
 
 
 def test_fused_lora_dropout_is_dropout_in_float64():

@@ -87,14 +87,19 @@ def dropped(x: Tensor, p: float, seed: Seed) -> Tensor:
     return x * keep_mask(x, p, seed)
 
 
+def _lora_low(x: Tensor, a: Tensor, p: float, seed: Seed) -> Tensor:
+    """dropout(x) @ a.T, the (tokens, r) LoRA activation backward needs."""
+    if p > 0:
+        low = dropped(x, p, seed) @ a.t()
+        low.mul_(1.0 / (1.0 - p))
+        return low
+    return x @ a.t()
+
+
 def _lora_forward(x: Tensor, w: Tensor, a: Tensor, b: Tensor, scale: float, p: float, seed: Seed,
                   bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """y = x @ w.T + scale * (dropout(x) @ a.T) @ b.T (+ bias); returns (y, low) with low (tokens, r)."""
-    if p > 0:
-        low = dropped(x, p, seed) @ a.t()  # (tokens, r)
-        low.mul_(1.0 / (1.0 - p))
-    else:
-        low = x @ a.t()
+    low = _lora_low(x, a, p, seed)  # (tokens, r)
     y = x @ w.t()  # (tokens, out)
     y.addmm_(low, b.t(), alpha=scale)
     if bias is not None:
@@ -191,14 +196,16 @@ class NormLoraMLPFunction(torch.autograd.Function):
     Saves the block input h (tokens, hidden), rstd, gate and up outputs (tokens, inter) and the three
     (tokens, r) LoRA activations; recomputes the norm, dropout masks and silu(gate) * up in backward.
     ``triton`` runs the norm and SiLU·mul parts as Triton kernels (CUDA, see kernels.py); ``keep_dense``
-    and ``device_seeds`` as for ``LoraLinearFunction``.
+    and ``device_seeds`` as for ``LoraLinearFunction``. ``output_needed=False`` (the run that recomputes a
+    layer for its backward, whose output nobody reads): the down projection's frozen matmul, a quarter of
+    an 8B layer's forward, is skipped and the output is zeros; what backward reads is computed as always.
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, norm_weight: Tensor, eps: float, bases: tuple[nn.Module, ...],
                 scales: tuple[float, ...], p: float, ag: Tensor, bg: Tensor, au: Tensor, bu: Tensor,
                 ad: Tensor, bd: Tensor, triton: bool = False, keep_dense: bool = False, device_seeds: bool = False,
-                nf4_kernel: bool = False):
+                nf4_kernel: bool = False, output_needed: bool = True):
         dtype = compute_dtype(h)
         seeds = tuple(new_seed(h.device, device_seeds) if p > 0 else 0 for _ in range(3))
         h = h.contiguous()
@@ -218,7 +225,12 @@ class NormLoraMLPFunction(torch.autograd.Function):
             up, low_u = _lora_forward(x, weight(1), au.to(dtype), bu.to(dtype), scales[1], p, seeds[1], bases[1].bias)
             del x
             act = silu_mul(gate, up, triton)  # (tokens, inter)
-            y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2], bases[2].bias)
+            if output_needed:
+                y, low_d = _lora_forward(act, weight(2), ad.to(dtype), bd.to(dtype), scales[2], p, seeds[2],
+                                         bases[2].bias)
+            else:  # only backward reads this run: low_d; the output is a stand-in of its shape
+                low_d = _lora_low(act, ad.to(dtype), p, seeds[2])
+                y = act.new_zeros(()).expand(act.shape[0], bd.shape[0])
         ctx.save_for_backward(h, state.rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept)
         ctx.state = state.without_rstd()
         ctx.bases, ctx.scales, ctx.p, ctx.seeds, ctx.eps, ctx.dtype = bases, scales, p, seeds, eps, dtype
@@ -230,7 +242,7 @@ class NormLoraMLPFunction(torch.autograd.Function):
         h, rstd, norm_weight, gate, up, low_g, low_u, low_d, ag, bg, au, bu, ad, bd, *kept = ctx.saved_tensors
         dtype, p, seeds, scales, bases, triton = ctx.dtype, ctx.p, ctx.seeds, ctx.scales, ctx.bases, ctx.triton
         state: RmsState = ctx.state.with_rstd(rstd)
-        dense = kept or [None, None, None]
+        dense = kept + [None] * (3 - len(kept))  # the down weight is not kept when its matmul was skipped
         weight = lambda i: dense[i] if dense[i] is not None else dense_weight(bases[i], dtype, ctx.nf4_kernel)  # noqa: E731
         flat = h.reshape(-1, h.shape[-1])
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
@@ -251,4 +263,4 @@ class NormLoraMLPFunction(torch.autograd.Function):
         dh = rms_norm_grad(dx.to(h.dtype), flat, norm_weight, state, overwrite_dx=True).reshape(h.shape)
         grads = [g.to(t.dtype) for g, t in ((grad_ag, ag), (grad_bg, bg), (grad_au, au), (grad_bu, bu),
                                             (grad_ad, ad), (grad_bd, bd))]
-        return (dh, None, None, None, None, None, *grads, None, None, None, None)
+        return (dh, None, None, None, None, None, *grads, None, None, None, None, None)

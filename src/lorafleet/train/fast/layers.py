@@ -14,7 +14,10 @@ The attention is transformers' own code path written out (projections, RoPE, tra
 function with the arguments the architecture passes), so the RoPE kernel can be called in place of the
 architecture's ``apply_rotary_pos_emb`` and each projection can be told it runs in a recomputed region.
 Recompute: ``attention`` checkpoints the attention block; ``offload`` recomputes the whole layer from
-its input kept in host memory (``offload.py``); ``none`` keeps everything.
+its input kept in host memory (``offload.py``), skipping in that second run the down projection's frozen
+matmul, whose output backward never reads, and dequantizing weights again in backward rather than holding
+a layer's dense weights from the recomputation to its backward (offload is the least-memory plan);
+``none`` keeps everything.
 """
 
 from __future__ import annotations
@@ -129,13 +132,16 @@ class FastDecoderLayer(nn.Module):
         kwargs["use_cache"] = False
         kwargs["past_key_values"] = None
         if self.settings.recompute == "offload" and self.training and torch.is_grad_enabled():
-            body = functools.partial(self._body, keep_dense=True, recompute_attention=False, **kwargs)
-            return OffloadedLayerFunction.apply(body, hidden_states, torch.empty(0, requires_grad=True),
+            def run(hidden: Tensor, recomputing: bool) -> Tensor:
+                return self._body(hidden, keep_dense=False, recompute_attention=False, output_needed=not recomputing,
+                                  **kwargs)
+            return OffloadedLayerFunction.apply(run, hidden_states, torch.empty(0, requires_grad=True),
                                                 self.copy_stream)
         recompute_attention = self.settings.recompute == "attention" and self.training
         return self._body(hidden_states, keep_dense=False, recompute_attention=recompute_attention, **kwargs)
 
-    def _body(self, hidden_states: Tensor, keep_dense: bool, recompute_attention: bool, **kwargs) -> Tensor:
+    def _body(self, hidden_states: Tensor, keep_dense: bool, recompute_attention: bool, output_needed: bool = True,
+              **kwargs) -> Tensor:
         if recompute_attention and torch.is_grad_enabled():
             # Checkpointed: the first run's saved tensors are dropped, the recomputation's (dense weights
             # kept) feed this layer's backward and are freed with it.
@@ -144,7 +150,7 @@ class FastDecoderLayer(nn.Module):
         else:
             attn = self._attention(hidden_states, keep_dense=keep_dense, **kwargs)
         hidden_states = hidden_states + attn
-        return hidden_states + self._mlp(hidden_states, keep_dense)
+        return hidden_states + self._mlp(hidden_states, keep_dense, output_needed)
 
     def _attention(self, hidden_states: Tensor, keep_dense: bool, position_embeddings: tuple[Tensor, Tensor],
                    attention_mask: Tensor | None = None, past_key_values=None, **kwargs) -> Tensor:
@@ -167,8 +173,9 @@ class FastDecoderLayer(nn.Module):
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * d)
         return _project(attn.o_proj, out, keep_dense)
 
-    def _mlp(self, hidden_states: Tensor, keep_dense: bool) -> Tensor:
-        """RMSNorm + SwiGLU MLP: one fused function, or the projections one by one."""
+    def _mlp(self, hidden_states: Tensor, keep_dense: bool, output_needed: bool = True) -> Tensor:
+        """RMSNorm + SwiGLU MLP: one fused function, or the projections one by one. ``output_needed=False``: a
+        recomputation whose output nobody reads (the fused function then skips the down projection's matmul)."""
         norm, mlp = self.post_attention_layernorm, self.mlp
         if self.settings.fused_mlp:
             projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
@@ -176,7 +183,7 @@ class FastDecoderLayer(nn.Module):
             return NormLoraMLPFunction.apply(
                 hidden_states, norm.weight, norm.variance_epsilon, tuple(proj.base for proj in projections),
                 tuple(proj.parts.scale for proj in projections), mlp.gate_proj.p, *weights, self.settings.triton,
-                keep_dense, self.settings.device_seeds, self.settings.nf4_kernel)
+                keep_dense, self.settings.device_seeds, self.settings.nf4_kernel, output_needed)
         x = norm(hidden_states)
         gate = mlp.act_fn(_project(mlp.gate_proj, x, keep_dense))
         return _project(mlp.down_proj, gate * _project(mlp.up_proj, x, keep_dense), keep_dense)

@@ -25,8 +25,9 @@ def power_of_two_parts(n: int) -> list[int]:
 
 
 class OffloadedLayerFunction(torch.autograd.Function):
-    """``apply(run, hidden, anchor, stream)``: returns ``run(hidden)``. ``anchor`` is an empty tensor that
-    requires grad, so backward is reached even when nothing else entering the layer does (the LoRA
+    """``apply(run, hidden, anchor, stream)``: returns ``run(hidden, False)``; backward calls ``run(hidden, True)``
+    (``recomputing``: only that run's autograd graph is used, never its output). ``anchor`` is an empty tensor
+    that requires grad, so backward is reached even when nothing else entering the layer does (the LoRA
     parameters are used inside ``run``, not passed in); ``stream`` is the side stream for host copies."""
 
     @staticmethod
@@ -51,7 +52,7 @@ class OffloadedLayerFunction(torch.autograd.Function):
         ctx.autocast_dtype = torch.get_autocast_dtype("cuda")
         ctx.input_requires_grad = hidden.requires_grad
         with torch.no_grad():
-            return ctx.run(hidden)
+            return ctx.run(hidden, False)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -66,7 +67,7 @@ class OffloadedLayerFunction(torch.autograd.Function):
             torch.set_rng_state(ctx.cpu_rng)
             torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             with torch.enable_grad(), torch.autocast("cuda", dtype=ctx.autocast_dtype, enabled=ctx.autocast):
-                out = ctx.run(hidden)
+                out = ctx.run(hidden, True)
         torch.autograd.backward(out, grad_out)
         grad_in = hidden.grad if ctx.input_requires_grad else None
         ctx.host = None
