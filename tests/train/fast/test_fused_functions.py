@@ -166,7 +166,11 @@ def test_capture_problem_names_what_keeps_a_pass_from_a_cuda_graph():
     assert capture_problem("none") is None
     assert "fp16" in capture_problem("none", loss_scaling=True)
     assert "packing" in capture_problem("none", packing=True)
-    assert "attention" in capture_problem("attention") and "offload" in capture_problem("offload")
+    assert "attention" in capture_problem("attention") and "attention" in capture_problem("attention", dropout=True)
+    # Offload recomputes from host buffers the graph addresses directly: capturable unless dropout would be redrawn.
+    assert capture_problem("offload") is None
+    assert "offload with dropout" in capture_problem("offload", dropout=True)
+    assert capture_problem("none", dropout=True) is None  # no recompute: each mask is drawn once, in the graph
 
 
 def test_power_of_two_parts_cover_a_size_exactly():

@@ -22,18 +22,20 @@ def _graph_runner(model, capture_after: int) -> PassGraphs:
     return PassGraphs(loss_fn, [p for p in model.parameters() if p.requires_grad], capture_after=capture_after)
 
 
-def test_graph_replays_compute_what_eager_passes_compute_on_nf4():
+@pytest.mark.parametrize("recompute", ["none", "offload"])
+def test_graph_replays_compute_what_eager_passes_compute_on_nf4(recompute: str):
     """Dropout off: three passes through a captured graph (the first eager, then two replays) give
-    the losses and accumulated gradients of three eager passes."""
+    the losses and accumulated gradients of three eager passes; with offload, the replays copy each layer's
+    input to the same pinned host buffers and recompute the layer from them."""
     pytest.importorskip("triton", reason="graphed passes draw dropout masks with Triton")
     ids, labels = batch("cuda")
     base = nf4_tiny_llama()
     results = []
     for capture_after in (10**6, 1):  # never captured; captured after its first (eager) pass
         model = with_lora(copy.deepcopy(base))
-        plan = enable_speedups(model, speedup_config(quantization="nf4", recompute="none"), "bf16", 1,
+        plan = enable_speedups(model, speedup_config(quantization="nf4", recompute=recompute), "bf16", 1,
                                ids.shape[1]).plan
-        assert plan.recompute == "none" and plan.fused_loss and plan.cuda_graphs, plan.reasons
+        assert plan.recompute == recompute and plan.fused_loss and plan.cuda_graphs, plan.reasons
         runner = _graph_runner(model, capture_after)
         losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.01)) for _ in range(3)]
         results.append((losses, lora_grads(model), runner))

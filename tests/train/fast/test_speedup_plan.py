@@ -33,11 +33,15 @@ BF16_8B = dataclasses.replace(QLORA_8B, embed_element_size=2, head_is_bf16=True,
 SEED_STACK_PEAK = int(17.8 * GB)
 
 
+def make_config(arguments: dict) -> TrainConfig:
+    values = {"batch_size": 2, "quantization": "nf4", **(arguments.get("config") or {})}
+    return TrainConfig(**values, speedups=SpeedupConfig(**(arguments.get("speedups") or {})))
+
+
 def make(config: dict | None = None, speedups: dict | None = None, device: DeviceFacts = H200, world: int = 1,
          model: ModelFacts = QLORA_8B, row_tokens: int = 2048, budget: int | None = None,
          precision: str = "bf16", row_lengths: tuple[int, ...] = (), passes_per_row: float = 1.0) -> SpeedupPlan:
-    values = {"batch_size": 2, "quantization": "nf4", **(config or {})}
-    train = TrainConfig(**values, speedups=SpeedupConfig(**(speedups or {})))
+    train = make_config({"config": config, "speedups": speedups})
     return plan_speedups(train, precision, device, world, model, row_tokens, budget, row_lengths, passes_per_row)
 
 
@@ -118,6 +122,20 @@ CASES = {
     "a byte short of offload at four rows: two": (
         dict(config={"batch_size": 8}, budget=needs("offload", 4) - 1), dict(micro_batch=2, recompute="offload"),
         "recompute offload"),
+    # Offload recomputes from host buffers a graph addresses directly: graphed when nothing in a layer is random.
+    "offload asked, dropout 0: graphed": (
+        dict(config={"lora_dropout": 0.0}, speedups={"recompute": "offload"}, row_tokens=2000),
+        dict(recompute="offload", micro_batch=2, cuda_graphs=True, pad_multiple=64, pad_widths=(2048,),
+             pass_tokens=2 * 2048, reasons=()), ""),
+    "offload asked, dropout on: eager": (
+        dict(speedups={"recompute": "offload"}, row_tokens=2000),
+        dict(recompute="offload", cuda_graphs=False, pad_multiple=None, pad_widths=(), pass_tokens=2 * 2048),
+        "recompute offload with dropout (recomputed passes redraw dropout seeds) (speedups.recompute)"),
+    "only offload fits, dropout 0: graphed": (
+        dict(config={"lora_dropout": 0.0, "batch_size": 8}, budget=needs("offload", 4)),
+        dict(recompute="offload", micro_batch=4, cuda_graphs=True, pass_tokens=4 * 2048, reasons=()), ""),
+    "graphs off: a pass holds the longest row unpadded": (
+        dict(speedups={"cuda_graphs": False}, row_tokens=2000), dict(cuda_graphs=False, pass_tokens=2 * 2000), ""),
     "a budget that holds offload at one row, exactly": (
         dict(budget=needs("offload", 1)), dict(micro_batch=1, recompute="offload", peak_estimate=needs("offload", 1)),
         "recompute offload"),
@@ -192,7 +210,11 @@ def test_plan(case: str):
     if not plan.fast:
         assert len(plan.reasons) == 1  # the plain path says why, in one line
     assert plan.micro_batch >= 1 and plan.rows % plan.micro_batch == 0
-    assert plan.cuda_graphs <= (plan.fast and plan.recompute == "none")  # graphs need the fused path, no recompute
+    # Graphs need the fused path and no recompute, or offload without dropout.
+    assert plan.cuda_graphs <= (plan.fast and (plan.recompute == "none" or (
+        plan.recompute == "offload" and make_config(arguments).lora_dropout == 0)))
+    if plan.fast:
+        assert plan.pass_tokens >= plan.micro_batch * arguments.get("row_tokens", 2048)
     assert (plan.pad_multiple is not None) == plan.cuda_graphs == bool(plan.pad_widths)
     if plan.fast:  # every fused plan fits the budget it was given, and the log line says so
         assert 0 < plan.peak_estimate <= plan.memory_budget

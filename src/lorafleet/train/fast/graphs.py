@@ -25,8 +25,9 @@ shape copies its tensors into the graph's static inputs and replays. What makes 
 
 Same results: a replay runs the kernels the eager pass ran, on the same inputs. Not captured: the
 optimizer step, gradient clipping and evaluation (eager, between replays). Whether graphs run at all
-is the plan's decision (``plan.py``: no recompute, no loss scaling, no packing, ...); on several processes the
-gradients are summed after the passes, outside the graphs (``train/distributed.py``).
+is the plan's decision (``plan.py``: no recompute or offload without dropout, no loss scaling, no
+packing, ...); on several processes the gradients are summed after the passes, outside the graphs
+(``train/distributed.py``).
 
 Memory: before a capture the allocator's cached blocks are handed back (``torch.cuda.empty_cache``), so
 the eager warm-up passes' blocks and the graph's private pool are not both held at the peak.

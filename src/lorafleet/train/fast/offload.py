@@ -1,11 +1,16 @@
 """Whole-layer activation checkpointing with the layer input kept in pinned host memory.
 
 Forward runs the layer without building a graph and copies its input to the host on a side stream
-(asynchronously, so the copy overlaps the next layers' compute), in power-of-two blocks that the pinned
-allocator does not round up. Backward copies it back, recomputes the
-layer with the same RNG state and autocast setting, and back-propagates through it. GPU memory then
-holds one layer's activations at a time, not one input per layer: the basis of very long contexts.
-The side stream is made once per patched model (``patch.py``) and handed to every offloaded layer.
+(asynchronously, so the copy overlaps the next layers' compute). Backward copies it back, recomputes the
+layer (with the same RNG state and autocast setting when the layer draws random numbers) and
+back-propagates through it. GPU memory then holds one layer's activations at a time, not one input per
+layer: the basis of very long contexts and of the least-memory plan.
+
+Each layer copies into a ``HostStash``: pinned buffers made once, at the first pass, for the longest pass the
+plan allows, and reused by every pass after it. A pass replayed from a CUDA graph (``graphs.py``) copies to
+and from the addresses its capture recorded, so those buffers must outlive the graphs and never move; a layer
+that draws no random numbers saves no RNG state, which a capture could not read. The side stream is made once
+per patched model (``patch.py``) and handed to every offloaded layer.
 """
 
 from __future__ import annotations
@@ -24,30 +29,55 @@ def power_of_two_parts(n: int) -> list[int]:
     return [1 << bit for bit in range(n.bit_length() - 1, -1, -1) if n >> bit & 1]
 
 
+class HostStash:
+    """Pinned host memory for one layer's input: ``capacity_tokens`` rows of the residual stream, allocated
+    at the first ``take`` (when the width and dtype are known) and kept while the layer lives."""
+
+    def __init__(self, capacity_tokens: int):
+        self.capacity_tokens = capacity_tokens
+        self.parts: list[Tensor] = []
+
+    def take(self, tokens: int, width: int, dtype: torch.dtype) -> list[Tensor]:
+        """Host tensors covering ``tokens * width`` elements of ``dtype``, in order (views of the buffers)."""
+        if tokens > self.capacity_tokens:
+            raise ValueError(f"a pass of {tokens} tokens is longer than the {self.capacity_tokens} the plan made "
+                             "room for in host memory")
+        if not self.parts or self.parts[0].dtype != dtype or sum(p.numel() for p in self.parts) < tokens * width:
+            self.parts = [torch.empty(n, dtype=dtype, pin_memory=True)
+                          for n in power_of_two_parts(self.capacity_tokens * width)]
+        views, left = [], tokens * width
+        for part in self.parts:
+            if left == 0:
+                break
+            views.append(part[: min(left, part.numel())])
+            left -= views[-1].numel()
+        return views
+
+
 class OffloadedLayerFunction(torch.autograd.Function):
-    """``apply(run, hidden, anchor, stream)``: returns ``run(hidden, False)``; backward calls ``run(hidden, True)``
-    (``recomputing``: only that run's autograd graph is used, never its output). ``anchor`` is an empty tensor
-    that requires grad, so backward is reached even when nothing else entering the layer does (the LoRA
-    parameters are used inside ``run``, not passed in); ``stream`` is the side stream for host copies."""
+    """``apply(run, hidden, anchor, stream, stash, restore_rng)``: returns ``run(hidden, False)``; backward calls
+    ``run(hidden, True)`` (``recomputing``: only that run's autograd graph is used, never its output).
+    ``anchor`` is an empty tensor that requires grad, so backward is reached even when nothing else entering
+    the layer does (the LoRA parameters are used inside ``run``, not passed in); ``stream`` is the side
+    stream for host copies; ``restore_rng``: the layer draws random numbers (dropout), so the recomputation
+    restores the RNG state forward saw."""
 
     @staticmethod
-    def forward(ctx, run: Callable[[Tensor], Tensor], hidden: Tensor, anchor: Tensor,
-                stream: torch.cuda.Stream) -> Tensor:
+    def forward(ctx, run: Callable[[Tensor, bool], Tensor], hidden: Tensor, anchor: Tensor,
+                stream: torch.cuda.Stream, stash: HostStash, restore_rng: bool) -> Tensor:
         device = hidden.device
         flat = hidden.contiguous().view(-1)
-        parts, start = [], 0
+        parts = stash.take(flat.numel() // hidden.shape[-1], hidden.shape[-1], hidden.dtype)
         stream.wait_stream(torch.cuda.current_stream(device))
+        start = 0
         with torch.cuda.stream(stream):
-            for size in power_of_two_parts(flat.numel()):
-                part = torch.empty(size, dtype=hidden.dtype, pin_memory=True)
-                part.copy_(flat[start : start + size], non_blocking=True)
-                parts.append(part)
-                start += size
+            for part in parts:
+                part.copy_(flat[start : start + part.numel()], non_blocking=True)
+                start += part.numel()
         flat.record_stream(stream)  # keep its memory from reuse until the copies are done
         ctx.copied = stream.record_event()
         ctx.run, ctx.host, ctx.device, ctx.shape = run, parts, device, hidden.shape
-        ctx.cpu_rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(device)
+        ctx.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device)) if restore_rng else None
         ctx.autocast = torch.is_autocast_enabled("cuda")
         ctx.autocast_dtype = torch.get_autocast_dtype("cuda")
         ctx.input_requires_grad = hidden.requires_grad
@@ -63,12 +93,13 @@ class OffloadedLayerFunction(torch.autograd.Function):
             flat[start : start + part.numel()].copy_(part, non_blocking=True)
             start += part.numel()
         hidden.requires_grad_(True)
-        with torch.random.fork_rng(devices=[ctx.device]):
-            torch.set_rng_state(ctx.cpu_rng)
-            torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
+        with torch.random.fork_rng(devices=[ctx.device], enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                torch.set_rng_state(ctx.rng[0])
+                torch.cuda.set_rng_state(ctx.rng[1], ctx.device)
             with torch.enable_grad(), torch.autocast("cuda", dtype=ctx.autocast_dtype, enabled=ctx.autocast):
                 out = ctx.run(hidden, True)
         torch.autograd.backward(out, grad_out)
         grad_in = hidden.grad if ctx.input_requires_grad else None
         ctx.host = None
-        return None, grad_in, None, None
+        return None, grad_in, None, None, None, None

@@ -19,6 +19,7 @@ from lorafleet.train.fast.architectures import ALLOWED
 from lorafleet.train.fast.bf16_tables import store_tables_in_bf16
 from lorafleet.train.fast.facts import base_model, decoder_layers
 from lorafleet.train.fast.layers import FastDecoderLayer, FusedLoraLinear, LayerSettings, lora_parts
+from lorafleet.train.fast.offload import HostStash
 from lorafleet.train.fast.plan import SpeedupPlan
 
 
@@ -60,13 +61,15 @@ def apply_plan(model: nn.Module, plan: SpeedupPlan) -> Patches:
         if hook is not None:
             patches.hooks.append(hook)
     layers = decoder_layers(base)
-    stream = torch.cuda.Stream(next(model.parameters()).device) if plan.recompute == "offload" else None
+    offload = plan.recompute == "offload"
+    stream = torch.cuda.Stream(next(model.parameters()).device) if offload else None
     for index, layer in enumerate(layers):
         if plan.fused_lora:
             _fuse_lora_linears(layer, plan.cuda_graphs, plan.nf4_kernel, patches)
         settings = _layer_settings(layer, base.config.model_type, plan)
         patches.fused_mlps += settings.fused_mlp
-        _replace(layers, str(index), FastDecoderLayer(layer, settings, stream), patches)
+        stash = HostStash(plan.pass_tokens) if offload else None
+        _replace(layers, str(index), FastDecoderLayer(layer, settings, stream, stash), patches)
         patches.fused_layers += 1
     return patches
 
@@ -92,10 +95,15 @@ def _layer_settings(layer: nn.Module, model_type: str, plan: SpeedupPlan) -> Lay
     projections = [getattr(layer.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
     fused_mlp = (plan.fused_mlp and all(isinstance(p, FusedLoraLinear) for p in projections)
                  and len({p.parts.dropout for p in projections}) == 1)
+    draws_random = (any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules())  # PEFT's lora_dropout
+                    or float(getattr(attention, "attention_dropout", 0.0)) > 0)
+    if draws_random and plan.cuda_graphs and plan.recompute == "offload":  # plan.capture_problem rules this out
+        raise ValueError("the plan captures offloaded passes in CUDA graphs, but this layer draws random numbers "
+                         "(dropout): its recomputation would draw new ones")
     return LayerSettings(recompute=plan.recompute, fused_mlp=fused_mlp, triton=plan.triton_kernels,
                          device_seeds=plan.cuda_graphs, nf4_kernel=plan.nf4_kernel, rope=rope,
                          eager_attention=code.eager_attention_forward,
-                         attention_kwargs=extra)
+                         attention_kwargs=extra, draws_random=draws_random)
 
 
 def _replace(parent: nn.Module, name: str, module: nn.Module, patches: Patches) -> None:

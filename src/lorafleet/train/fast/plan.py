@@ -8,7 +8,8 @@ The training log prints ``SpeedupPlan.describe()``, the manifest stores ``Speedu
 The order of the decision: CPU or switched off → plain path; an architecture off the allow-list → plain
 path; then storage, kernels, loss, CUDA graphs (and why not), and the memory plan (micro-batch and
 recompute, ``memory.py``), which prefers no recompute when graphs would run; graphs then run only when
-the memory plan needs no recompute, with pad widths chosen from the rows' lengths (``length_buckets``). The
+the memory plan needs no recompute, or host offload without dropout (``capture_problem``), with pad widths
+chosen from the rows' lengths (``length_buckets``). The
 optimizer is chosen on every path.
 
 Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
@@ -70,6 +71,7 @@ class SpeedupPlan:
     storage: Storage = "as-loaded"
     pad_multiple: int | None = None  # rows right-padded to a multiple of this, without a mask (graphs)
     pad_widths: tuple[int, ...] = ()  # graphs: each pass right-padded to the first of these that holds it
+    pass_tokens: int = 0  # fused path: the most tokens one pass holds (micro-batch × longest padded row)
     architecture: str = ""
     world_size: int = 1  # processes (torchrun), each planned for its own GPU
     global_batch: int = 0  # rows per optimizer step over all processes: batch_size × grad_accum × world_size
@@ -109,14 +111,19 @@ class SpeedupPlan:
         return values
 
 
-def capture_problem(recompute: str, loss_scaling: bool = False, packing: bool = False) -> str | None:
+def capture_problem(recompute: str, loss_scaling: bool = False, packing: bool = False,
+                    dropout: bool = False) -> str | None:
     """Why a training pass cannot be captured as a CUDA graph, or None when it can. Several processes are
-    no problem: their gradients are summed after the passes, outside the graphs."""
+    no problem: their gradients are summed after the passes, outside the graphs. Offload recomputes a layer
+    from host memory the graph addresses directly (``offload.HostStash``): capturable when nothing in the
+    layer is random (``dropout`` false), since a replayed recomputation would draw new dropout seeds."""
     if loss_scaling:
         return "fp16 loss scaling"
     if packing:
         return "packing (flash-attention reads sample boundaries on the host)"
-    if recompute != "none":  # a recomputed pass would redraw its device dropout seeds
+    if recompute == "offload" and dropout:
+        return "recompute offload with dropout (recomputed passes redraw dropout seeds)"
+    if recompute not in ("none", "offload"):  # checkpoint saves and restores RNG state, which a capture cannot
         return f"recompute {recompute} (recomputed passes redraw dropout seeds)"
     return None
 
@@ -236,16 +243,18 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         raise PlanError(f"{rows} rows of {tokens} tokens fit this GPU's memory only with speedups.recompute offload, "
                         f"which needs one process per host (pinned host memory); on {world_size} processes lower "
                         "batch_size or the dataset's max_seq_length, or train with one process")
-    graphs = wants_graphs and recompute == "none"
+    recompute_problem = capture_problem(recompute, dropout=config.lora_dropout > 0)
+    graphs = wants_graphs and recompute_problem is None
     if wants_graphs and not graphs:
         why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
-        reasons.append(f"CUDA graphs off: {capture_problem(recompute)} ({why})")
+        reasons.append(f"CUDA graphs off: {recompute_problem} ({why})")
     widths = length_buckets(row_lengths or (row_tokens,), PAD_MULTIPLE, passes_per_row, micro) if graphs else ()
     return SpeedupPlan(
         fast=True, rows=rows, micro_batch=micro, recompute=recompute, optimizer=plain.optimizer,
         fused_lora=s.fused_lora, fused_mlp=fused_mlp, triton_kernels=triton, rope_kernel=rope, nf4_kernel=nf4_kernel,
         fused_loss=fused_loss,
         cuda_graphs=graphs, storage=storage, pad_multiple=PAD_MULTIPLE if graphs else None, pad_widths=widths,
+        pass_tokens=micro * tokens,
         architecture=model.model_type, world_size=world_size, global_batch=plain.global_batch, memory_budget=budget,
         peak_estimate=estimate, reasons=tuple(reasons),
     )
