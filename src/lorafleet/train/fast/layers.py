@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lorafleet.train.fast.fused_lora import LoraLinearFunction, NormLoraMLPFunction, RMSNormFunction
 from lorafleet.train.fast.memory import Recompute
-from lorafleet.train.fast.offload import HostStash, OffloadedLayerFunction
+from lorafleet.train.fast.offload import HostCopies, HostStash, OffloadedLayerFunction
 
 Rope = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]  # (q, k, cos, sin) -> rotated (q, k)
 
@@ -120,13 +120,13 @@ def _project(module: nn.Module, x: Tensor, keep_dense: bool) -> Tensor:
 class FastDecoderLayer(nn.Module):
     """A decoder layer of an allow-listed architecture, computed by the fused functions."""
 
-    def __init__(self, layer: nn.Module, settings: LayerSettings, copy_stream: torch.cuda.Stream | None = None,
+    def __init__(self, layer: nn.Module, settings: LayerSettings, copies: HostCopies | None = None,
                  stash: HostStash | None = None):
         super().__init__()
         for name, child in layer.named_children():  # self_attn, mlp, input_/post_attention_layernorm
             self.add_module(name, child)
         self.settings = settings
-        self.copy_stream = copy_stream  # host copies of offloaded inputs
+        self.copies = copies  # host copies of offloaded inputs, shared by the model's layers
         self.stash = stash  # the pinned host memory this layer's offloaded input goes to
         self.train(layer.training)
 
@@ -139,7 +139,7 @@ class FastDecoderLayer(nn.Module):
                 return self._body(hidden, keep_dense=False, recompute_attention=False, output_needed=not recomputing,
                                   **kwargs)
             return OffloadedLayerFunction.apply(run, hidden_states, torch.empty(0, requires_grad=True),
-                                                self.copy_stream, self.stash, self.settings.draws_random)
+                                                self.copies, self.stash, self.settings.draws_random)
         recompute_attention = self.settings.recompute == "attention" and self.training
         return self._body(hidden_states, keep_dense=False, recompute_attention=recompute_attention, **kwargs)
 

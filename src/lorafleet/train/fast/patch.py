@@ -19,7 +19,7 @@ from lorafleet.train.fast.architectures import ALLOWED
 from lorafleet.train.fast.bf16_tables import store_tables_in_bf16
 from lorafleet.train.fast.facts import base_model, decoder_layers
 from lorafleet.train.fast.layers import FastDecoderLayer, FusedLoraLinear, LayerSettings, lora_parts
-from lorafleet.train.fast.offload import HostStash
+from lorafleet.train.fast.offload import HostCopies, HostStash
 from lorafleet.train.fast.plan import SpeedupPlan
 
 
@@ -62,14 +62,14 @@ def apply_plan(model: nn.Module, plan: SpeedupPlan) -> Patches:
             patches.hooks.append(hook)
     layers = decoder_layers(base)
     offload = plan.recompute == "offload"
-    stream = torch.cuda.Stream(next(model.parameters()).device) if offload else None
+    copies = HostCopies(next(model.parameters()).device) if offload else None
     for index, layer in enumerate(layers):
         if plan.fused_lora:
             _fuse_lora_linears(layer, plan.cuda_graphs, plan.nf4_kernel, patches)
         settings = _layer_settings(layer, base.config.model_type, plan)
         patches.fused_mlps += settings.fused_mlp
         stash = HostStash(plan.pass_tokens) if offload else None
-        _replace(layers, str(index), FastDecoderLayer(layer, settings, stream, stash), patches)
+        _replace(layers, str(index), FastDecoderLayer(layer, settings, copies, stash), patches)
         patches.fused_layers += 1
     return patches
 
