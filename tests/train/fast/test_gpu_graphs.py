@@ -90,30 +90,28 @@ def test_close_gives_the_graphs_pool_back():
     assert float(runner.run({"x": x}, 1.0)) > 0 and runner.replays == 2  # later passes run eagerly
 
 
-def test_a_captured_offload_pass_holds_no_more_than_an_eager_one():
-    """Offload lets each layer's input go once the compute stream has waited for its copy to the host
-    (``offload.HostCopies``). Marked with ``record_stream`` instead, the inputs' memory is freed only when the
-    capture ends, so the captured pass held all of them at once: 1.1 GB more at 2,048 tokens of the 8B shape."""
+def test_offload_keeps_its_memory_saving_when_captured():
+    """A captured offload pass keeps one layer's working set in the graphs' pool, not every layer's activations:
+    its pool is a small part of a captured pass without recompute (0.15 of it on the H200, 12 layers)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    layers, tokens, hidden = 12, 4096, 1024
-    config = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=2048, num_hidden_layers=layers,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=tokens)
-    torch.manual_seed(0)
-    model = with_lora(LlamaForCausalLM(config).to("cuda", torch.bfloat16))
-    ids = torch.randint(0, 512, (2, tokens // 2), device="cuda")
-    plan = enable_speedups(model, speedup_config(recompute="offload"), "bf16", 1, tokens // 2).plan
-    assert plan.recompute == "offload" and plan.cuda_graphs, plan.reasons
-    runner = _graph_runner(model, capture_after=2)
-    peaks = []
-    for _ in range(3):  # eager; eager, then the capture; a replay
+    config = LlamaConfig(vocab_size=512, hidden_size=1024, intermediate_size=2048, num_hidden_layers=12,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096)
+    ids = torch.randint(0, 512, (2, 2048), device="cuda")
+    pools = {}
+    for recompute in ("offload", "none"):
+        torch.manual_seed(0)
+        model = with_lora(LlamaForCausalLM(config).to("cuda", torch.bfloat16))
+        plan = enable_speedups(model, speedup_config(recompute=recompute), "bf16", 1, ids.shape[1]).plan
+        assert plan.recompute == recompute and plan.cuda_graphs, plan.reasons
+        runner = _graph_runner(model, capture_after=1)
+        runner.run({"input_ids": ids, "labels": ids}, 1e-3)  # eager, then captured
         gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        runner.run({"input_ids": ids, "labels": ids}, 1e-3)
-        torch.cuda.synchronize()
-        peaks.append(torch.cuda.max_memory_allocated() - base)
-    assert runner.replays == 1 and len(runner.graphs) == 1
-    layer_input = tokens * hidden * 2  # bf16
-    assert peaks[1] <= peaks[0] + 2 * layer_input, (peaks, layer_input)  # held all inputs: + 11 of them
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_reserved()
+        runner.close()
+        gc.collect()
+        torch.cuda.empty_cache()
+        pools[recompute] = before - torch.cuda.memory_reserved()
+        del model, runner
+    assert 0 < pools["offload"] <= 0.3 * pools["none"], pools

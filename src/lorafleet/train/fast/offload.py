@@ -59,9 +59,9 @@ class HostCopies:
 
     A copied input is held here, not marked with ``record_stream``, until the compute stream has waited for its
     copy (``settle``, at the next offloaded layer or the first backward): freed on the compute stream after
-    that wait, its memory is safe to reuse at once. With ``record_stream`` the allocator defers such frees to
-    the end of a CUDA graph capture, so a captured pass kept every layer's input in its pool (1.1 GB more
-    reserved than allocated at 2,048 tokens of the 8B shape on the H200)."""
+    that wait, its memory is safe to reuse at once. torch's allocator defers the free of a block marked with
+    ``record_stream`` to the end of a CUDA graph capture, which would keep every layer's input of a captured
+    pass in the graphs' pool at once."""
 
     def __init__(self, device: torch.device):
         self.stream = torch.cuda.Stream(device)

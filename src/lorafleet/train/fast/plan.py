@@ -231,9 +231,11 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         fixed += 2 * model.head_numel
     residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
     fused_mlp = s.fused_mlp and s.fused_lora
+    masks = config.lora_dropout > 0  # drawn by torch where it matters (offload with dropout runs eagerly)
     micro, recompute = plan_micro_batch(rows, tokens, model.dims, budget - fixed, s.recompute, fixed_micro,
-                                        triton and fused_mlp, residual_bytes, no_recompute_first=wants_graphs)
-    estimate = fixed + micro * tokens * activation_bytes_per_token(model.dims, recompute, triton and fused_mlp, residual_bytes)
+                                        triton and fused_mlp, residual_bytes, wants_graphs, masks)
+    estimate = fixed + micro * tokens * activation_bytes_per_token(model.dims, recompute, triton and fused_mlp,
+                                                                   residual_bytes, masks)
     if memory_budget is not None and estimate > memory_budget:  # an explicit budget is a limit, not a hint
         raise PlanError(f"max_memory_gb {memory_budget / 1e9:.2f}: this run needs about {estimate / 1e9:.2f} GB even with "
                         f"micro-batch {micro} and recompute {recompute} (weights and trainable state "
