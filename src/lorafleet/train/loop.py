@@ -182,7 +182,8 @@ def evaluate(run: Run) -> float | None:
 
     Batches of at most a training pass's rows, through the pass's loss (the fused one from hidden states
     when the plan has it): evaluation then never needs more memory than the plan gave a training pass,
-    so a run stays within max_memory_gb (full logits of a 128k vocabulary are gigabytes).
+    so a run stays within max_memory_gb (full logits of a 128k vocabulary are gigabytes). Rows are collated
+    as training collates them: without a mask when the plan pads (its layers then attend causally alone).
     """
     if not run.eval:
         return None
@@ -191,7 +192,11 @@ def evaluate(run: Run) -> float | None:
     totals = torch.zeros(2, dtype=torch.float64)
     for idx in eval_batches(lengths, run.plan.micro_batch, run.dist.rank, run.dist.world_size):
         samples = [run.eval[i] for i in idx]
-        batch = {k: v.to(run.device) for k, v in collate_padded(samples, run.pad_token_id).items()}
+        if run.plan.pad_multiple:
+            batch = collate_causal(samples, run.pad_token_id, run.plan.pad_multiple)
+        else:
+            batch = collate_padded(samples, run.pad_token_id)
+        batch = {k: v.to(run.device) for k, v in batch.items()}
         totals[0] += run.loss(batch).double().cpu()
         totals[1] += sum(s.trained_tokens for s in samples)
     loss_sum, tokens = all_reduce_sum(totals, run.dist).tolist()

@@ -115,3 +115,25 @@ def test_offload_keeps_its_memory_saving_when_captured():
         pools[recompute] = before - torch.cuda.memory_reserved()
         del model, runner
     assert 0 < pools["offload"] <= 0.3 * pools["none"], pools
+
+
+def test_captured_passes_attend_without_a_mask():
+    """Graphed passes carry no attention mask. While a graph is captured transformers cannot prove the rows unpacked
+    and builds a full causal mask; the fused layers drop it, so the captured attention is the causal kernel (flash
+    attention, which refuses any mask, captures the pass), and the replays compute what eager passes compute."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    ids, labels = batch("cuda")
+    results = []
+    for capture_after in (10**6, 1):
+        model = with_lora(tiny_llama(torch.bfloat16, "cuda"))
+        plan = enable_speedups(model, speedup_config(recompute="none"), "bf16", 1, ids.shape[1]).plan
+        assert plan.cuda_graphs, plan.reasons
+        runner = _graph_runner(model, capture_after)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            losses = [float(runner.run({"input_ids": ids, "labels": labels}, 0.01)) for _ in range(3)]
+        results.append((losses, lora_grads(model), runner))
+    (eager_losses, eager_grads, _), (losses, grads, graphed) = results
+    assert graphed.failure is None and graphed.replays == 2, graphed.failure
+    assert losses == pytest.approx(eager_losses, rel=1e-6)
+    assert max_rel_err(eager_grads, grads) < 1e-5

@@ -111,6 +111,11 @@ class LayerSettings:
     eager_attention: Callable  # the architecture's eager attention, transformers' fallback
     attention_kwargs: Mapping[str, Any] = field(default_factory=dict)  # e.g. sliding_window
     draws_random: bool = True  # LoRA or attention dropout: an offload recomputation restores the RNG state
+    # Passes carry no attention mask (right-padded rows, no packing: the plan's pad_multiple), so attention is causal
+    # alone. transformers cannot prove rows unpacked while a CUDA graph is being captured (its check reads a tensor)
+    # and then builds a full causal mask: cuDNN attention left its causal kernels (3x slower in the graphed profile,
+    # BENCHMARKS.md round 10) and flash attention refused the pass. The layer drops that mask.
+    unmasked: bool = False
 
 
 def _project(module: nn.Module, x: Tensor, keep_dense: bool) -> Tensor:
@@ -171,7 +176,8 @@ class FastDecoderLayer(nn.Module):
         q, k = self.settings.rope(q, k, cos, sin)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
                                                           self.settings.eager_attention)
-        out, _ = interface(attn, q, k, v, attention_mask, dropout=0.0 if not attn.training else attn.attention_dropout,
+        mask = None if self.settings.unmasked else attention_mask
+        out, _ = interface(attn, q, k, v, mask, dropout=0.0 if not attn.training else attn.attention_dropout,
                            scaling=attn.scaling, **self.settings.attention_kwargs, **kwargs)
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * d)
         return _project(attn.o_proj, out, keep_dense)

@@ -103,7 +103,7 @@ def _layer_settings(layer: nn.Module, model_type: str, plan: SpeedupPlan) -> Lay
     return LayerSettings(recompute=plan.recompute, fused_mlp=fused_mlp, triton=plan.triton_kernels,
                          device_seeds=plan.cuda_graphs, nf4_kernel=plan.nf4_kernel, rope=rope,
                          eager_attention=code.eager_attention_forward,
-                         attention_kwargs=extra, draws_random=draws_random)
+                         attention_kwargs=extra, draws_random=draws_random, unmasked=plan.pad_multiple is not None)
 
 
 def _replace(parent: nn.Module, name: str, module: nn.Module, patches: Patches) -> None:
