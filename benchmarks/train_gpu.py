@@ -55,9 +55,6 @@ VARIANTS = {
     "eager-bf16": ("(b) round-5 (b): eager", dict()),
     # The same defaults at dropout 0 (Unsloth's fast path needs it), within (a)'s peak and within (u)'s peak.
     "exact-d0": ("(b) exact, dropout 0", dict(EXACT, dropout=0.0)),
-    # torch's flash-attention kernels in place of the default (cuDNN on the H200): round 10's profile found the
-    # cuDNN kernels about 3x slower replayed from a graph than run eagerly.
-    "exact-d0-flash": ("(b) exact, dropout 0, flash SDPA", dict(EXACT, dropout=0.0, sdpa="flash")),
     "exact@u": ("(b) exact in (u)'s memory, dropout 0", dict(EXACT, dropout=0.0)),
     "exact@u-d05": ("(b) exact in (u)'s memory", dict(EXACT)),
 }

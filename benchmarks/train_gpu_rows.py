@@ -8,7 +8,6 @@ a `TrainConfig` whose `speedups` section holds the row's switches, within a memo
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -194,10 +193,8 @@ def lora_state(peft) -> dict[str, torch.Tensor]:
 def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: int | None = None,
             recompute: str = "auto", micro: int | None = None, frozen_bf16: bool = True, graphs: bool = False,
             paged: bool = True, triton_rope: bool = False, triton_dequant: bool = True,
-            dropout: float = DROPOUT, sdpa: str | None = None) -> tuple[dict, dict[str, torch.Tensor], nn.Module]:
-    """One row: (its result, its LoRA update = final - initial weights, the unwrapped model). ``sdpa``: run the
-    row's steps (capture included) with torch's SDPA limited to that backend (flash, cudnn, efficient), an
-    experiment knob of this benchmark only."""
+            dropout: float = DROPOUT) -> tuple[dict, dict[str, torch.Tensor], nn.Module]:
+    """One row: (its result, its LoRA update = final - initial weights, the unwrapped model)."""
     peft, params, opt = setup_row(model, quantized, paged, dropout)
     start = lora_state(peft)
     batch, seq = data[0][0].shape
@@ -232,14 +229,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
     torch.cuda.synchronize()
     torch.cuda.empty_cache()  # what earlier rows left cached is not this row's: the peaks start from what is live
     torch.cuda.reset_peak_memory_stats()
-    backend = contextlib.nullcontext()
-    if sdpa:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                               "efficient": SDPBackend.EFFICIENT_ATTENTION}[sdpa])
-    with backend:
-        losses, seconds = train_steps(peft, params, opt, data, micro, fast, args.warmup, runner, warm)
+    losses, seconds = train_steps(peft, params, opt, data, micro, fast, args.warmup, runner, warm)
     # A graph's pool stays reserved between replays and is not counted as allocated, so a graphed
     # row's peak is its reserved peak (an upper bound: it includes the allocator's cached blocks).
     # "steady" is after the warm-up steps; "run" is the whole row, the warm-up and capture included.
@@ -256,7 +246,7 @@ def run_row(name: str, model, quantized: bool, fast: bool, data, args, budget: i
                tokens_per_s=tps, peak_gb=peak / 1e9, peak_run_gb=max(peak, warm_peak) / 1e9,
                warmup_alloc_gb=warm_up.get("alloc", 0) / 1e9, warmup_reserved_gb=warm_up.get("reserved", 0) / 1e9,
                reserved_gb=reserved / 1e9, useful_tflops=tps * useful / 1e12, hw_tflops=tps * hw / 1e12,
-               losses=losses, plan=path.plan.summary() if path else None, sdpa=sdpa or "default")
+               losses=losses, plan=path.plan.summary() if path else None)
     print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
     update = {n: w - start[n] for n, w in lora_state(peft).items()}
     if runner is not None:
