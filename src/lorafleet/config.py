@@ -73,8 +73,9 @@ class SpeedupConfig(BaseModel):
     recompute: Recompute = Field(
         "auto",
         description="what the fused layers recompute in backward: auto = the least recompute that fits the memory at the "
-        "largest micro-batch; none; attention; offload = whole layers from inputs kept in host memory (longest contexts). "
-        "The plain path uses gradient_checkpointing instead",
+        "largest micro-batch, or offload at the largest micro-batch that fits when nothing else does; none; attention; "
+        "offload = whole layers from inputs kept in host memory (least GPU memory, longest contexts; CUDA graphs "
+        "when lora_dropout is 0). The plain path uses gradient_checkpointing instead",
     )
     micro_batch: int | Literal["auto"] = Field(
         "auto",
