@@ -102,3 +102,26 @@ def test_enable_speedups_leaves_a_cpu_model_alone():
     assert "speed-ups are CUDA-only" in fast.describe()
     assert not any(isinstance(m, (FastDecoderLayer, FusedLoraLinear)) for m in peft.modules())
     assert not any("forward" in m.__dict__ for m in peft.modules())
+
+
+def test_graphed_plans_attend_causally_without_a_mask():
+    """A plan that pads rows (CUDA graphs) feeds passes without a mask, so its layers drop any mask transformers
+    builds (while a graph is captured it builds a full causal one); other plans honour the mask they are given."""
+    ids, _ = batch("cpu")
+    mask = torch.ones_like(ids)
+    mask[:, :4] = 0  # hide the first tokens: a layer that honours the mask changes every later position
+    results = {}
+    for pad_multiple in (None, 64):
+        fast = with_lora(tiny_model("llama", torch.float64))
+        patches = apply_plan(fast, fast_plan(pad_multiple=pad_multiple))
+        assert all(layer.settings.unmasked == (pad_multiple is not None)
+                   for layer in fast.modules() if isinstance(layer, FastDecoderLayer))
+        with torch.no_grad():
+            masked = fast(input_ids=ids, attention_mask=mask).logits[:, 4:]
+            unmasked = fast(input_ids=ids).logits[:, 4:]
+        results[pad_multiple] = (masked, unmasked)
+        patches.remove()
+    masked, unmasked = results[64]
+    torch.testing.assert_close(masked, unmasked, rtol=0, atol=0)
+    masked, unmasked = results[None]
+    assert (masked - unmasked).abs().max() > 1e-3
