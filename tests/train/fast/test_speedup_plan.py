@@ -132,6 +132,10 @@ CASES = {
         dict(speedups={"recompute": "offload"}, row_tokens=2000),
         dict(recompute="offload", cuda_graphs=False, pad_multiple=None, pad_widths=(), pass_tokens=2 * 2048),
         "recompute offload with dropout (recomputed passes redraw dropout seeds) (speedups.recompute)"),
+    "offload asked, LoRA dropout 0 but attention dropout: eager": (
+        dict(config={"lora_dropout": 0.0}, speedups={"recompute": "offload"},
+             model=dataclasses.replace(QLORA_8B, attention_dropout=0.1)),
+        dict(recompute="offload", cuda_graphs=False), "recompute offload with dropout"),
     "only offload fits, dropout 0: graphed": (
         dict(config={"lora_dropout": 0.0, "batch_size": 8}, budget=needs("offload", 4, masks=False)),
         dict(recompute="offload", micro_batch=4, cuda_graphs=True, pass_tokens=4 * 2048, reasons=()), ""),

@@ -74,6 +74,7 @@ class ModelFacts:
     head_is_frozen_fp32: bool = False
     nf4_weights: int = 0  # bitsandbytes 4-bit frozen weights
     nf4_layout_problem: str | None = None  # why the one-kernel NF4 dequantization does not take one of them
+    attention_dropout: float = 0.0  # the config's: a recomputed layer would draw new attention masks
     attention_module: str | None = field(default=None, compare=False)  # e.g. transformers' modeling_llama
 
     @classmethod
@@ -112,6 +113,7 @@ class ModelFacts:
             nf4_weights=len(four_bit),
             nf4_layout_problem=next(filter(None, (nf4_layout_problem(p.data, p.quant_state) for p in four_bit)), None),
             attention_module=type(attention).__module__ if attention is not None else None,
+            attention_dropout=float(getattr(config, "attention_dropout", 0.0) or 0.0),
         )
 
 

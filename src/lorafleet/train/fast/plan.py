@@ -245,7 +245,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         raise PlanError(f"{rows} rows of {tokens} tokens fit this GPU's memory only with speedups.recompute offload, "
                         f"which needs one process per host (pinned host memory); on {world_size} processes lower "
                         "batch_size or the dataset's max_seq_length, or train with one process")
-    recompute_problem = capture_problem(recompute, dropout=config.lora_dropout > 0)
+    recompute_problem = capture_problem(recompute, dropout=config.lora_dropout > 0 or model.attention_dropout > 0)
     graphs = wants_graphs and recompute_problem is None
     if wants_graphs and not graphs:
         why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
