@@ -9,8 +9,7 @@ The order of the decision: CPU or switched off → plain path; an architecture o
 path; then storage, kernels, loss, CUDA graphs (and why not), and the memory plan (micro-batch and
 recompute, ``memory.py``), which prefers no recompute when graphs would run; graphs then run only when
 the memory plan needs no recompute, or host offload without dropout (``capture_problem``), with pad widths
-chosen from the rows' lengths (``length_buckets``). The
-optimizer is chosen on every path.
+chosen from the rows' lengths (``length_buckets``). The optimizer is chosen on every path.
 
 Several processes (torchrun): each process plans for its own GPU; the processes sum their LoRA gradients
 once per optimizer step outside every pass (``train/distributed.py``, in place: the gradients are views of
@@ -176,6 +175,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     if problem:
         raise PlanError(problem)
     lengths_vary = len({-(-n // PAD_MULTIPLE) for n in row_lengths}) > 1
+    lora_dropout = config.lora_dropout > 0
     s = config.speedups
     rows = config.batch_size
     fixed_micro = s.micro_batch if isinstance(s.micro_batch, int) else None
@@ -212,7 +212,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
     if s.cuda_graphs:
         graphs_problem = (capture_problem("none", precision == "fp16", config.packing)
                           or padding_problem(model)
-                          or (device.dropout_problem if config.lora_dropout > 0 else None)
+                          or (device.dropout_problem if lora_dropout else None)
                           or (BUDGET_WITH_LENGTHS if memory_budget is not None and lengths_vary else None))
         if graphs_problem:
             reasons.append(f"CUDA graphs off: {graphs_problem}")
@@ -231,11 +231,11 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         fixed += 2 * model.head_numel
     residual_bytes = 2 if storage == "frozen-bf16" else model.embed_element_size
     fused_mlp = s.fused_mlp and s.fused_lora
-    masks = config.lora_dropout > 0  # drawn by torch where it matters (offload with dropout runs eagerly)
+    # Dropout masks count where torch draws them (offload with dropout runs eagerly).
     micro, recompute = plan_micro_batch(rows, tokens, model.dims, budget - fixed, s.recompute, fixed_micro,
-                                        triton and fused_mlp, residual_bytes, wants_graphs, masks)
+                                        triton and fused_mlp, residual_bytes, wants_graphs, lora_dropout)
     estimate = fixed + micro * tokens * activation_bytes_per_token(model.dims, recompute, triton and fused_mlp,
-                                                                   residual_bytes, masks)
+                                                                   residual_bytes, lora_dropout)
     if memory_budget is not None and estimate > memory_budget:  # an explicit budget is a limit, not a hint
         raise PlanError(f"max_memory_gb {memory_budget / 1e9:.2f}: this run needs about {estimate / 1e9:.2f} GB even with "
                         f"micro-batch {micro} and recompute {recompute} (weights and trainable state "
@@ -245,7 +245,7 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
         raise PlanError(f"{rows} rows of {tokens} tokens fit this GPU's memory only with speedups.recompute offload, "
                         f"which needs one process per host (pinned host memory); on {world_size} processes lower "
                         "batch_size or the dataset's max_seq_length, or train with one process")
-    recompute_problem = capture_problem(recompute, dropout=config.lora_dropout > 0 or model.attention_dropout > 0)
+    recompute_problem = capture_problem(recompute, dropout=lora_dropout or model.attention_dropout > 0)
     graphs = wants_graphs and recompute_problem is None
     if wants_graphs and not graphs:
         why = "needed to fit the memory" if s.recompute == "auto" else "speedups.recompute"
