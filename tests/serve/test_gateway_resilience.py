@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,27 @@ from serve_fleet import Attached, Fleet, attached_gateway, create_key, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@contextmanager
+def stalled(engines: dict) -> Iterator[None]:
+    """Every replica stopped (SIGSTOP) meanwhile, so that requests in flight stay in flight however fast the
+    machine is; briefer than the gateway's 5 s health-check timeout, so no replica is marked down."""
+    pids = [e["pid"] for e in engines.values()]
+    for pid in pids:
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.killpg(pid, signal.SIGCONT)
+
+
+def wait_until_fleet_healthy(fleet: Fleet) -> None:
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{fleet.url}/health/ready", timeout=10).json().get("replicas_healthy") != 2:
+        assert time.monotonic() < deadline, tail(fleet.gateway_log)
+        time.sleep(0.5)
 
 
 def engine_metric(gateway: Attached, admin: dict, name: str) -> float:
@@ -114,10 +137,7 @@ def test_a_stalled_replica_times_out_and_fails_over(fleet: Fleet, guarded: Attac
     assert all(r["replica"] != victim and r["status"] == 200 for r in records)
     text = guarded.log.read_text()
     assert "no first token within 4 s" in text and "failed its health check while the request waited" in text
-    deadline = time.monotonic() + 60  # SIGCONT: both gateways see the replica healthy again
-    while httpx.get(f"{fleet.url}/health/ready", timeout=10).json().get("replicas_healthy") != 2:
-        assert time.monotonic() < deadline, tail(fleet.gateway_log)
-        time.sleep(0.5)
+    wait_until_fleet_healthy(fleet)  # SIGCONT: both gateways see the replica healthy again
 
 
 def test_sigterm_drains_requests_in_flight(fleet: Fleet, keys: dict, tmp_path: Path) -> None:
@@ -130,12 +150,13 @@ def test_sigterm_drains_requests_in_flight(fleet: Fleet, keys: dict, tmp_path: P
                     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                         return response, (await response.aread()).decode()
 
-                pending = asyncio.gather(*(one(i) for i in range(8)))
-                await asyncio.sleep(1.0)  # every request has started
-                gateway.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                ready = await http.get("/health/ready")
-                refused = await http.post("/v1/chat/completions", json={"model": "greet", "messages": QUESTION, "max_tokens": 1})
+                with stalled(gateway.engines):  # the eight stay in flight until the replicas resume
+                    pending = asyncio.gather(*(one(i) for i in range(8)))
+                    await asyncio.sleep(1.0)  # every request has reached the gateway
+                    gateway.process.send_signal(signal.SIGTERM)
+                    await asyncio.sleep(0.3)
+                    ready = await http.get("/health/ready")
+                    refused = await http.post("/v1/chat/completions", json={"model": "greet", "messages": QUESTION, "max_tokens": 1})
                 done = await pending
                 return [r for r, _ in done], [b for _, b in done], ready, refused
 
@@ -156,12 +177,14 @@ def test_a_second_sigterm_stops_at_once(fleet: Fleet, keys: dict, tmp_path: Path
         with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", headers=keys["admin"], timeout=120, json={
                 "model": "greet", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True}) as response:
             lines = response.iter_lines()  # kept: dropping the iterator would close the connection
-            next(lines)  # a long answer is streaming
-            gateway.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            assert gateway.process.poll() is None  # draining: it waits for the stream (up to 300 s)
-            signalled = time.monotonic()
-            gateway.process.send_signal(signal.SIGTERM)
-            code = gateway.process.wait(timeout=30)
+            next(lines)  # the answer is streaming
+            with stalled(gateway.engines):  # it cannot finish meanwhile, however fast the machine
+                gateway.process.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert gateway.process.poll() is None  # draining: it waits for the stream (up to 300 s)
+                signalled = time.monotonic()
+                gateway.process.send_signal(signal.SIGTERM)
+                code = gateway.process.wait(timeout=30)
         assert time.monotonic() - signalled < 10 and code == -signal.SIGTERM, tail(gateway.log)
     assert "second signal: stopping now" in gateway.log.read_text()
+    wait_until_fleet_healthy(fleet)
