@@ -308,6 +308,9 @@ def test_killing_a_replica_under_traffic_loses_no_request(fleet: Fleet) -> None:
                 async with http.stream("POST", "/v1/chat/completions", json=body) as response:
                     return response.status_code, response.headers.get("x-request-id", ""), (await response.aread()).decode()
 
+            # Stalled first (SIGSTOP, well under the 5 s health-check timeout), so that what is sent to it is still in
+            # flight when it dies, however fast the machine answers 24 tokens.
+            os.killpg(pid, signal.SIGSTOP)
             pending = asyncio.gather(*(one(i) for i in range(32)))
             await asyncio.sleep(0.5)
             os.killpg(pid, signal.SIGKILL)  # the whole replica: server, engine core and worker
