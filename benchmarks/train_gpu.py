@@ -70,8 +70,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", default="c,d,a,b")
     ap.add_argument("--variants", default="", help=f"extra (b) rows: {', '.join(VARIANTS)} or MODE:MICRO "
-                    "(recompute none/attention/offload at a fixed micro-batch, eager), e.g. attention:2, or "
-                    "MODE:MICROg (the exact defaults at dropout 0 with that recompute and micro-batch, graphs), e.g. offload:2g")
+                    "(recompute none/attention/offload at a fixed micro-batch, eager), e.g. attention:2")
     ap.add_argument("--context-search", action="store_true")
     ap.add_argument("--context-exact", action="store_true", help="lorafleet's context attempts with the "
                     "`lorafleet train` defaults (frozen_bf16 off) instead of frozen_bf16 on")
@@ -140,10 +139,6 @@ def main() -> None:
             row(f"b-{variant}", label, True, True, data, args, within, **switches)
             continue
         mode, micro = variant.split(":")
-        if micro.endswith("g"):
-            row(f"b-{variant}", f"(b) exact d0, {mode} micro {micro[:-1]}", True, True, data, args, None, mode,
-                int(micro[:-1]), **dict(EXACT, dropout=0.0))
-            continue
         row(f"b-{variant}", f"(b) {mode} micro {micro}", True, True, data, args, None, mode, int(micro))
     context, context_log = context_rows(model, args)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
