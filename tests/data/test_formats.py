@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from lorafleet.data import formats
-from lorafleet.data.formats import MAX_LINE_BYTES, RAW_PREVIEW_CHARS, Record, RejectedLine, parse_line, read_lines
+from lorafleet.data.formats import (
+    MAX_LINE_BYTES, RAW_PREVIEW_CHARS, Record, RejectedLine, UnreadableInput, parse_line, read_lines,
+)
 from lorafleet.data.validate import Reason
 
 from chat_files import write_jsonl
@@ -101,6 +103,35 @@ def test_gzip_input_is_detected_by_content(tmp_path: Path) -> None:
     parsed = [parse_line(raw) for raw in read_lines(path)]
     assert isinstance(parsed[0], Record) and parsed[0].chat == HELLO
     assert isinstance(parsed[1], RejectedLine) and parsed[1].line == 2 and parsed[1].reason == Reason.INVALID_JSON
+
+
+def gzipped_chats(count: int) -> bytes:
+    return gzip.compress(b"".join(json.dumps({"messages": HELLO, "n": i}).encode() + b"\n" for i in range(count)))
+
+
+def test_a_cut_off_gzip_is_refused_naming_the_last_line_read(tmp_path: Path) -> None:
+    whole = gzipped_chats(2000)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    read: list[int] = []
+    with pytest.raises(UnreadableInput, match=r"cut\.jsonl\.gz: the gzip data is cut off or corrupt after line [\d,]+ ") as caught:
+        read.extend(raw.line for raw in read_lines(path))
+    assert 0 < len(read) < 2000 and f"after line {read[-1]:,} " in str(caught.value)
+    assert "export or download it again" in str(caught.value)
+
+
+def test_corrupt_gzip_data_is_refused(tmp_path: Path) -> None:
+    whole = bytearray(gzipped_chats(2000))
+    middle = len(whole) // 2
+    whole[middle : middle + 64] = bytes(64)  # zeros over the deflate stream
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(bytes(whole))
+    with pytest.raises(UnreadableInput, match="corrupt.jsonl.gz"):
+        list(read_lines(path))
+    not_gzip = tmp_path / "magic.jsonl.gz"
+    not_gzip.write_bytes(b"\x1f\x8b" + b"not deflate at all" * 10)  # the magic bytes, then garbage
+    with pytest.raises(UnreadableInput, match="after line 0 "):
+        list(read_lines(not_gzip))
 
 
 def test_rejected_raw_text_is_capped(tmp_path: Path) -> None:

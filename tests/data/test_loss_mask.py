@@ -10,7 +10,7 @@ import pytest
 from chat_files import write_jsonl
 
 from lorafleet.data.dataset import IGNORE_INDEX, read_split
-from lorafleet.data.prepare import prepare_dataset
+from lorafleet.data.prepare import PrepareRefused, prepare_dataset
 from lorafleet.data.template import ChatEncoder, Encoded
 from lorafleet.models import load_tokenizer
 
@@ -141,7 +141,8 @@ def test_encoder_renders_like_apply_chat_template(tiny_model: Path) -> None:
 def test_template_level_rejections(tiny_model, tmp_path, opts, template: str, reason: str) -> None:
     model = model_with_template(tiny_model, tmp_path / "model", template, "<|im_end|>", [])
     path = write_jsonl(tmp_path / "chats.jsonl", [{"messages": CHATS[1]}])
-    report = prepare_dataset([path], tmp_path / "out", opts(model=str(model)))
-    assert report.rejections_by_reason == {reason: 1}
+    with pytest.raises(PrepareRefused, match="none of 1 lines gave a sample") as refused:  # its only line is rejected
+        prepare_dataset([path], tmp_path / "out", opts(model=str(model)))
+    assert refused.value.report.rejections_by_reason == {reason: 1}
     (entry,) = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert entry["line"] == 1 and entry["reason"] == reason and "Reset my password" in entry["raw"]

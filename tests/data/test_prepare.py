@@ -9,8 +9,10 @@ import pytest
 from chat_files import chat, write_jsonl
 
 from lorafleet.data.dataset import IGNORE_INDEX, load_report, read_split
-from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, prepare_dataset
+from lorafleet.data.formats import UnreadableInput
+from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, PrepareRefused, prepare_dataset
 from lorafleet.data.samples import shortened_chats
+from lorafleet.data.tally import chat_key, split_for
 from lorafleet.data.writer import OutputError
 from lorafleet.models import load_tokenizer, model_fingerprint, tokenizer_fingerprint
 
@@ -142,6 +144,36 @@ def test_error_rate_over_threshold_writes_report_and_rejects_but_no_dataset(tiny
     # exactly at the threshold passes
     report = prepare_dataset([path], tmp_path / "ok", opts(max_error_rate=0.10))
     assert report.accepted == 9 and (tmp_path / "ok" / "train.parquet").is_file()
+
+
+def test_inputs_that_give_no_train_sample_are_refused_with_the_report(tiny_model: Path, tmp_path: Path, opts) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(PrepareRefused, match="the inputs hold no lines") as caught:
+        prepare_dataset([empty], tmp_path / "out", opts())
+    assert caught.value.report.lines == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rejected.jsonl", "report.json"]
+    every_line_bad = write_jsonl(tmp_path / "bad.jsonl", ["garbage", "more garbage"])
+    with pytest.raises(PrepareRefused, match=r"none of 2 lines gave a sample \(2 rejected\)"):
+        prepare_dataset([every_line_bad], tmp_path / "out2", opts(max_error_rate=1.0))
+    one = chat("q", "a")
+    seed = next(seed for seed in range(100) if split_for(chat_key(one["messages"]), seed, 0.5) == "eval")
+    with pytest.raises(PrepareRefused, match=r"all 1 accepted samples fell in the eval split \(--eval-fraction 0.5\)"):
+        prepare_dataset([write_jsonl(tmp_path / "one.jsonl", [one])], tmp_path / "out3", opts(eval_fraction=0.5, seed=seed))
+
+
+def test_a_cut_off_gzip_input_writes_nothing(tiny_model: Path, tmp_path: Path, opts) -> None:
+    import gzip
+
+    whole = gzip.compress(b"".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {
+        "role": "assistant", "content": "a"}]}).encode() + b"\n" for i in range(2000)))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UnreadableInput, match="cut off or corrupt after line"):
+        prepare_dataset([path], tmp_path / "out", opts())
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(PrepareError, match="input is a folder, not a JSONL file"):
+        prepare_dataset([tmp_path], tmp_path / "out", opts())
 
 
 def test_out_folder_is_replaced_only_when_it_is_a_prepared_dataset(tiny_model: Path, tmp_path: Path, opts) -> None:

@@ -48,3 +48,22 @@ def test_bad_options_and_inputs_fail_with_a_message(tiny_model: Path, tmp_path: 
     assert result.exit_code == 2 and "--on-overflow" in result.stderr
     result = run(str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out"), "--model", str(tiny_model))
     assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_a_cut_off_gzip_exits_with_a_message_not_an_abort(tiny_model: Path, tmp_path: Path) -> None:
+    import gzip
+
+    whole = gzip.compress(b"".join(json.dumps(chat(f"q{i}", "a")).encode() + b"\n" for i in range(2000)))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    result = run(str(path), "--out", str(tmp_path / "out"), "--model", str(tiny_model))
+    said = " ".join(result.stderr.split())  # the error console wraps long lines
+    assert result.exit_code == 2 and "the gzip data is cut off or corrupt after line" in said, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_input_exits_nonzero_with_the_report(tiny_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    result = run(str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "out"), "--model", str(tiny_model))
+    assert result.exit_code == 1 and "the inputs hold no lines" in result.stderr
+    assert (tmp_path / "out" / "report.json").is_file() and not (tmp_path / "out" / "train.parquet").exists()

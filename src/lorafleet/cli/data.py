@@ -90,7 +90,8 @@ def prepare(
     from pydantic import ValidationError
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from lorafleet.data.prepare import ErrorRateExceeded, PrepareError, PrepareOptions, prepare_dataset
+    from lorafleet.data.formats import UnreadableInput
+    from lorafleet.data.prepare import PrepareError, PrepareOptions, PrepareRefused, prepare_dataset
     from lorafleet.data.summary import print_summary
     from lorafleet.data.writer import OutputError
 
@@ -108,10 +109,10 @@ def prepare(
         with Progress(*columns, console=err_console, transient=True) as progress:
             task = progress.add_task("prepare", lines=0)
             report = prepare_dataset(inputs, out, options, on_progress=lambda n: progress.update(task, lines=n))
-    except ErrorRateExceeded as exc:
+    except PrepareRefused as exc:
         print_summary(exc.report, err_console)
         fail(str(exc), code=1)
-    except (PrepareError, OutputError, ModelError, OSError) as exc:
+    except (PrepareError, UnreadableInput, OutputError, ModelError, OSError) as exc:
         fail(str(exc))
     print_summary(report, summary_console)
     if as_json:

@@ -2,6 +2,8 @@
 
 Bytes never crash the reader: a line that is too large, not UTF-8, not JSON or nested too deeply
 becomes a `Rejection` carrying its 1-based line number, and the lines around it are read as usual.
+A gzip file that is cut off or corrupt is another matter: what follows the damage cannot be read at all,
+so the file is refused whole (`UnreadableInput`, naming the last line read) rather than trained on in part.
 The format of each record is detected per line (see `validate.to_chat`).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,10 @@ MAX_LINE_BYTES = 10 * 2**20  # a chat line beyond this is an export bug, not a t
 RAW_PREVIEW_CHARS = 2_000  # how much of a rejected line is copied into rejected.jsonl
 _BOM = b"\xef\xbb\xbf"
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+class UnreadableInput(ValueError):
+    """An input file that cannot be read to its end: its gzip data is cut off or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -60,26 +67,31 @@ def read_lines(path: Path) -> Iterator[RawLine]:
     """Yield the non-blank lines of a JSONL file (gzip detected by its magic bytes), in order.
 
     Memory per line is bounded by MAX_LINE_BYTES: the rest of a larger line is skipped, only counted.
-    Raises OSError when the file cannot be opened.
+    Raises OSError when the file cannot be opened, UnreadableInput when its gzip data ends early or is corrupt.
     """
     with path.open("rb") as probe:
         is_gzip = probe.read(2) == _GZIP_MAGIC
     opener = gzip.open if is_gzip else open
-    with opener(path, "rb") as f:
-        line_no = 0
-        while chunk := f.readline(MAX_LINE_BYTES + 1):
-            line_no += 1
-            size = len(chunk)
-            if size > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-                while rest := f.readline(1 << 20):  # skip the remainder of the oversized line
-                    size += len(rest)
-                    if rest.endswith(b"\n"):
-                        break
-            if line_no == 1 and chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM) :]
-            data = chunk.strip()  # JSON whitespace, so CR of CRLF too
-            if data:
-                yield RawLine(str(path), line_no, data, size)
+    line_no = 0
+    try:
+        with opener(path, "rb") as f:
+            while chunk := f.readline(MAX_LINE_BYTES + 1):
+                line_no += 1
+                size = len(chunk)
+                if size > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                    while rest := f.readline(1 << 20):  # skip the remainder of the oversized line
+                        size += len(rest)
+                        if rest.endswith(b"\n"):
+                            break
+                if line_no == 1 and chunk.startswith(_BOM):
+                    chunk = chunk[len(_BOM) :]
+                data = chunk.strip()  # JSON whitespace, so CR of CRLF too
+                if data:
+                    yield RawLine(str(path), line_no, data, size)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # only gzip data raises these
+        raise UnreadableInput(
+            f"{path}: the gzip data is cut off or corrupt after line {line_no:,} ({exc}); the file is incomplete, "
+            "so nothing was prepared: export or download it again") from None
 
 
 def parse_line(raw: RawLine) -> Record | RejectedLine:

@@ -50,16 +50,34 @@ class PrepareError(ValueError):
     """Inputs or --out that prepare cannot use; nothing was written."""
 
 
-class ErrorRateExceeded(RuntimeError):
-    """More lines were rejected than --max-error-rate allows; report.json and rejected.jsonl were still written."""
+class PrepareRefused(RuntimeError):
+    """The inputs were read but give no dataset to train on; report.json and rejected.jsonl were still written."""
+
+    def __init__(self, report: PrepareReport, message: str) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class ErrorRateExceeded(PrepareRefused):
+    """More lines were rejected than --max-error-rate allows."""
 
     def __init__(self, report: PrepareReport, out: Path, max_error_rate: float) -> None:
-        self.report = report
-        self.out = out
-        super().__init__(
+        super().__init__(report, (
             f"{report.rejected} of {report.lines} lines rejected: error rate {report.error_rate:.2%} exceeds "
-            f"--max-error-rate {max_error_rate:.2%}; see {out / 'rejected.jsonl'} (no dataset was written)"
-        )
+            f"--max-error-rate {max_error_rate:.2%}; see {out / 'rejected.jsonl'} (no dataset was written)"))
+
+
+def no_train_samples(report: PrepareReport, out: Path, eval_fraction: float) -> str | None:
+    """Why the train split of ``report`` is empty (train would refuse it), or None when it holds a sample."""
+    if report.train:
+        return None
+    if not report.lines:
+        return "the inputs hold no lines (blank lines aside): nothing to prepare (no dataset was written)"
+    if report.accepted:
+        return (f"all {report.accepted} accepted samples fell in the eval split (--eval-fraction {eval_fraction}): "
+                "lower --eval-fraction or add data (no dataset was written)")
+    return (f"none of {report.lines} lines gave a sample ({report.rejected} rejected); see {out / 'rejected.jsonl'} "
+            "(no dataset was written)")
 
 
 def prepare_dataset(
@@ -72,14 +90,17 @@ def prepare_dataset(
 
     `out` appears complete or not at all (staging folder + rename); an earlier prepared dataset there
     is replaced. `on_progress(lines_read)` is called after every chunk.
-    Raises PrepareError for missing inputs or an unusable `out`, ModelError for a bad --model, and
-    ErrorRateExceeded (after writing report.json and rejected.jsonl, without the splits) when too many
-    lines were rejected.
+    Raises PrepareError for missing inputs or an unusable `out`, UnreadableInput for a gzip input that is cut
+    off or corrupt (nothing written), ModelError for a bad --model, and PrepareRefused (after writing
+    report.json and rejected.jsonl, without the splits) when too many lines were rejected
+    (ErrorRateExceeded) or the train split would be empty.
     """
     options = options or PrepareOptions()
     inputs, out = [Path(p) for p in inputs], Path(out)
     if not inputs:
         raise PrepareError("no input files given")
+    if folders := [str(p) for p in inputs if p.is_dir()]:
+        raise PrepareError(f"input is a folder, not a JSONL file: {', '.join(folders)}")
     if missing := [str(p) for p in inputs if not p.is_file()]:
         raise PrepareError(f"input file not found: {', '.join(missing)}")
     check_out_dir(out)
@@ -102,14 +123,18 @@ def prepare_dataset(
             seed=options.seed,
         )
         writer.write_report(report.model_dump_json(indent=2))
-        exceeded = report.error_rate > options.max_error_rate
-        if exceeded:
+        refused: PrepareRefused | None = None
+        if report.error_rate > options.max_error_rate:
+            refused = ErrorRateExceeded(report, out, options.max_error_rate)
+        elif empty := no_train_samples(report, out, options.eval_fraction):
+            refused = PrepareRefused(report, empty)
+        if refused:
             writer.drop_splits()
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if exceeded:
-        raise ErrorRateExceeded(report, out, options.max_error_rate)
+    if refused:
+        raise refused
     return report
 
 
