@@ -63,6 +63,16 @@ def test_errors_exit_2_with_the_message_on_stderr(make_artifact: Callable[..., P
     assert "evil.py" in _run("push", str(bad), "--name", "support", code=2)
 
 
+def test_errors_quote_what_the_user_typed_as_text(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
+    """Brackets in a name or path are printed as typed: not read as rich markup (dropped, or a crash on `[/x]`)."""
+    _run("init", "--model", str(tiny_model))
+    assert "adapter name '[/x]' contains a path separator" in " ".join(_run("push", str(make_artifact()), "--name", "[/x]",
+                                                                               code=2).split())
+    said = " ".join(_run("push", str(make_artifact()), "--name", "[b]x", code=2).split())
+    assert "adapter name '[b]x' does not match [a-z0-9][a-z0-9._-]{0,62}" in said
+    assert "no[bold]where is not a folder" in " ".join(_run("push", "no[bold]where", "--name", "x", code=2).split())
+
+
 def test_gc_command(make_artifact: Callable[..., Path], tiny_model: Path) -> None:
     _run("init", "--model", str(tiny_model))
     _run("push", str(make_artifact()), "--name", "support")

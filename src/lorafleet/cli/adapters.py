@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lorafleet.cli.common import JsonOption, ModelOption, console, err_console, fail
 
@@ -99,7 +100,7 @@ def adapters_restamp(
                      "base_fingerprint": new.base_fingerprint, "restamped_at": new.restamped_at})
     else:
         console.print(f"restamped {artifact_dir}: base_fingerprint {old.base_fingerprint[:12]}… (scheme 1) → "
-                      f"{new.base_fingerprint[:12]}… (scheme 2); push it again", highlight=False)
+                      f"{new.base_fingerprint[:12]}… (scheme 2); push it again", highlight=False, markup=False)
 
 
 @adapters_app.command("list")
@@ -131,12 +132,12 @@ def adapters_show(ref: str = typer.Argument(..., help="NAME@vN, or NAME for its 
         _print_json(detail)
         return
     s, m = detail.summary, detail.manifest
-    console.print(f"[bold]{s.ref}[/] pushed {s.created_at:%Y-%m-%d %H:%M:%S} by {s.pushed_by or '?'}; aliases: {' '.join(s.aliases) or 'none'}", highlight=False)
-    console.print(f"base {m.get('base_model')}; lora {json.dumps(m.get('lora'))}; max_seq_length {m.get('max_seq_length')}", highlight=False)
-    console.print(f"metrics {json.dumps(m.get('metrics'))} ({len(detail.metrics)} lines in metrics.jsonl)", highlight=False)
+    console.print(f"[bold]{s.ref}[/] pushed {s.created_at:%Y-%m-%d %H:%M:%S} by {escape(s.pushed_by or '?')}; aliases: {' '.join(s.aliases) or 'none'}", highlight=False)
+    console.print(f"base {m.get('base_model')}; lora {json.dumps(m.get('lora'))}; max_seq_length {m.get('max_seq_length')}", highlight=False, markup=False)
+    console.print(f"metrics {json.dumps(m.get('metrics'))} ({len(detail.metrics)} lines in metrics.jsonl)", highlight=False, markup=False)
     for e in detail.evals:  # newest first; `--json` has every score
         console.print(f"eval {e.started_at} {e.data_name} via {e.model}: {e.cases}/{e.run_cases} answered, exact match "
-                      f"{'-' if e.summary.exact is None else f'{e.summary.exact:.1%}'}", highlight=False)
+                      f"{'-' if e.summary.exact is None else f'{e.summary.exact:.1%}'}", highlight=False, markup=False)
     table = Table("file", "sha256")
     for path, digest in sorted(detail.checksums.items()):
         table.add_row(path, digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lorafleet.models import EMBEDDED_DEFAULT
 
@@ -17,6 +18,7 @@ JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on 
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print `message` as an error and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print `message` as an error and exit with `code`. The message is text, never markup: it often quotes what the
+    user typed (a path, a name), and rich would drop `[tag]` from it or fail on `[/tag]`."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lorafleet.cli.common import ModelOption, console, err_console, fail
 from lorafleet.models import ModelError
@@ -43,7 +44,7 @@ def model_info(model: str = ModelOption, as_json: bool = typer.Option(False, "--
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+            console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -118,4 +119,4 @@ def prepare(
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
-        console.print(f"wrote {out} (train {report.train:,}, eval {report.eval:,})", highlight=False)
+        console.print(f"wrote {out} (train {report.train:,}, eval {report.eval:,})", highlight=False, markup=False)

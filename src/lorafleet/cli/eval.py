@@ -117,7 +117,7 @@ def _record(report: EvalReport, data: Path) -> None:
         fail("--record: no answer named an adapter version (the x-lorafleet-adapter header), so nothing was recorded; "
              "evaluate an alias or NAME@vN through the lorafleet gateway", 1)
     refs = ", ".join(f"{r.ref} ({r.cases}/{r.run_cases} answers via {r.model})" for r in recorded)
-    err_console.print(f"recorded eval for {refs}", highlight=False)
+    err_console.print(f"recorded eval for {refs}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,7 @@ def keys_create(
     print(token)
     err_console.print(f"key {key.key_id} for tenant {key.tenant} ({'admin, ' if key.admin else ''}aliases: "
                       f"{', '.join(key.aliases) if key.aliases is not None else 'all'}). Store it now: it is not shown again.",
-                      highlight=False)
+                      highlight=False, markup=False)
 
 
 @keys_app.command("list")

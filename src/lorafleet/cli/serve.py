@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lorafleet.cli.common import JsonOption, console, err_console, fail
 
@@ -50,7 +51,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call would drown the gateway's own
     where = f"{len(config.engines)} attached engine(s)" if config.engines else f"{config.replicas} replica(s) (about a minute to start)"
-    err_console.print(f"lorafleet gateway on http://{config.host}:{config.port} with {where}", highlight=False)
+    err_console.print(f"lorafleet gateway on http://{config.host}:{config.port} with {where}", highlight=False, markup=False)
     app, manager = build_gateway(config, planned)
     if config.auth == "none":
         err_console.print("[yellow]--auth none:[/] every request is served without an API key; use it only on loopback", highlight=False)
@@ -86,7 +87,7 @@ def ab_report(
         fail(f"{log_file} is not a file: pass the gateway's request log")
     records, problems = read_records(log_file)
     for problem in problems:
-        err_console.print(f"[yellow]skipped[/] {problem}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(problem)}", highlight=False)
     stats = summarize(records, alias)
     if not stats:
         fail(f"no requests for alias {alias!r} in {log_file} ({len(records)} requests for other models)", code=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lorafleet.cli.common import console, err_console, fail
 from lorafleet.config import field_help
@@ -87,7 +88,7 @@ def train(
         return  # under torchrun, rank 0 reports
     m = manifest.metrics
     console.print(
-        f"[bold green]trained[/] {out}: {m.steps} steps, train loss {m.train_loss:.4f}, "
+        f"[bold green]trained[/] {escape(str(out))}: {m.steps} steps, train loss {m.train_loss:.4f}, "
         f"eval loss {m.eval_loss if m.eval_loss is None else round(m.eval_loss, 4)}, {m.tokens_per_s:,.0f} tokens/s",
         highlight=False,
     )
@@ -118,6 +119,6 @@ def verify(artifact: Path = typer.Argument(..., help="Artifact folder (with lora
     problems = verify_artifact(artifact)
     if problems:
         for problem in problems:
-            err_console.print(f"[bold red]problem:[/] {problem}", highlight=False)
+            err_console.print(f"[bold red]problem:[/] {escape(problem)}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"[bold green]OK[/] {artifact}", highlight=False)
+    console.print(f"[bold green]OK[/] {escape(str(artifact))}", highlight=False)

@@ -72,7 +72,7 @@ def print_data_summary(summary: TicketDataSummary, out: Path, console: Console) 
         f"{train.tickets} training tickets in {', '.join(summary.train_files)} (+{summary.malformed_lines} broken lines on purpose), "
         f"{dev.tickets} held-out in {summary.dev_file}; categories {train.categories}; "
         f"{train.multi_intent} multi-issue tickets; written to {out}",
-        highlight=False,
+        highlight=False, markup=False,
     )
 
 

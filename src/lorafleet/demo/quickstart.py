@@ -104,7 +104,7 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     configs = [version_config(options.first_version, options), version_config(options.recipe, options)]
 
     with log.step("base model", f"resolve {EMBEDDED_DEFAULT} (converted once from its GGUF file into the model cache)"):
-        console.print(f"ready at {resolve_model(EMBEDDED_DEFAULT).path}", highlight=False)
+        console.print(f"ready at {resolve_model(EMBEDDED_DEFAULT).path}", highlight=False, markup=False)
     with log.step("generate data", f"support-ticket triage data, seed {options.seed}: several chat formats, a few broken lines"):
         summary = build.generate_data(out / "data", options.seed, options.train_tickets, options.dev_tickets)
         build.print_data_summary(summary, out / "data", console)
@@ -171,7 +171,7 @@ def _measure(fleet: RunningFleet, refs: list[str], out: Path, options: DemoOptio
         console.print(f"eval recorded for {said}: `lorafleet adapters show` and the console's adapter page list it", highlight=False)
         console.print(summary_table(report))
         console.print(traffic.examples_table(report, 3))
-        console.print(f"full report with confusion tables: {eval_path}", highlight=False)
+        console.print(f"full report with confusion tables: {eval_path}", highlight=False, markup=False)
     with log.step("ab-report", f"compare {ALIAS!r}'s versions on the canary traffic, from the gateway's request log"):
         fleet.flush_request_log()
         stats = traffic.canary_report(fleet.request_log, ALIAS)

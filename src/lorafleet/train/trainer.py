@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from lorafleet.artifact import Manifest
 from lorafleet.config import TrainConfig
@@ -49,7 +50,7 @@ def train_adapter(
     checked = preflight(config, data.report, model_info, DeviceInfo.detect(), dist.world_size)
     if dist.is_main:
         for warning in checked.warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
+            Console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     paths = RunPaths(out_dir)
     check_output(paths, config.resume, config.force)
     barrier(dist)
