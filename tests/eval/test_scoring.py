@@ -159,3 +159,23 @@ def test_lines_without_expectations_are_sent_but_not_scored() -> None:
     unscored = CaseResult(line=9, status="ok", latency_s=0.1, answer="hello", expected={}, score=None)
     report = model_report("m", None, [*CASES, unscored], wall_s=1.0)
     assert report.requests == 8 and report.scored == 7
+
+
+def test_the_printed_report_shows_brackets_as_typed() -> None:
+    """Labels, answers, model names and paths are text: rich would drop `[b]` from them and fail on `[/x]`."""
+    from rich.console import Console
+
+    from lorafleet.eval.render import print_report
+    from lorafleet.eval.report import EvalReport
+
+    cases = [_case(1, {"category": "[/x]"}, '{"category": "[/x]", "reply": "[/INST] hi"}'),
+             _case(2, {"category": "[b]"}, "[/INST]"), _case(3, {"category": "[b]"}, None, status="http_error")]
+    cases[2] = cases[2].model_copy(update={"error": "HTTP 500: [/oops]"})
+    report = EvalReport(endpoint="http://h", data="d[/x].jsonl", lines=3, temperature=0.0, max_tokens=8, concurrency=1,
+                        timeout_s=1.0, started_at="2026-12-01T00:00:00+00:00",
+                        models=[model_report("[/m]", None, cases, wall_s=1.0)])
+    console = Console(record=True, width=300)
+    print_report(report, console, examples=3)
+    text = console.export_text()
+    for shown in ("d[/x].jsonl", "[/m]: category", "[b]", "[/x]", "[/INST] hi", "HTTP 500: [/oops]"):
+        assert shown in text, shown

@@ -71,6 +71,10 @@ def test_errors_quote_what_the_user_typed_as_text(make_artifact: Callable[..., P
     said = " ".join(_run("push", str(make_artifact()), "--name", "[b]x", code=2).split())
     assert "adapter name '[b]x' does not match [a-z0-9][a-z0-9._-]{0,62}" in said
     assert "no[bold]where is not a folder" in " ".join(_run("push", "no[bold]where", "--name", "x", code=2).split())
+    _run("push", str(make_artifact()), "--name", "support")
+    _run("alias", "set", "chat", "support@v1", "--fallback-prompt", "[/sys] Be [b]brief[/b].")
+    history = _run("history", "chat")  # the table wraps the cell
+    assert "[/sys] Be" in history and "[b]brief[/b]." in history
 
 
 def test_gc_command(make_artifact: Callable[..., Path], tiny_model: Path) -> None:

@@ -116,7 +116,7 @@ def adapters_list(as_json: bool = JsonOption) -> None:
         return
     table = Table("version", "created", "content", "pushed by", "aliases")
     for row in rows:
-        table.add_row(row.ref, f"{row.created_at:%Y-%m-%d %H:%M:%S}", row.content_sha256[:12], row.pushed_by or "", " ".join(row.aliases))
+        table.add_row(row.ref, f"{row.created_at:%Y-%m-%d %H:%M:%S}", row.content_sha256[:12], escape(row.pushed_by or ""), " ".join(row.aliases))
     console.print(table)
 
 
@@ -140,7 +140,7 @@ def adapters_show(ref: str = typer.Argument(..., help="NAME@vN, or NAME for its 
                       f"{'-' if e.summary.exact is None else f'{e.summary.exact:.1%}'}", highlight=False, markup=False)
     table = Table("file", "sha256")
     for path, digest in sorted(detail.checksums.items()):
-        table.add_row(path, digest)
+        table.add_row(escape(path), digest)
     console.print(table)
 
 
@@ -199,7 +199,7 @@ def adapters_history(alias: str, as_json: bool = JsonOption) -> None:
         return
     table = Table("revision", "time", "action", "routing", "fallback prompt")
     for rev in revisions:
-        table.add_row(str(rev.revision), f"{rev.created_at:%Y-%m-%d %H:%M:%S}", rev.action, describe_routing(rev.routes), rev.fallback_prompt or "")
+        table.add_row(str(rev.revision), f"{rev.created_at:%Y-%m-%d %H:%M:%S}", rev.action, describe_routing(rev.routes), escape(rev.fallback_prompt or ""))
     console.print(table)
 
 

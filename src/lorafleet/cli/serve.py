@@ -94,7 +94,7 @@ def ab_report(
     if as_json:
         print(json.dumps({"alias": alias, "versions": [asdict(s) for s in stats], "skipped_lines": len(problems)}, indent=2))
         return
-    table = Table(title=f"alias {alias!r}: {sum(s.requests for s in stats)} requests")
+    table = Table(title=escape(f"alias {alias!r}: {sum(s.requests for s in stats)} requests"))
     for column in ("version", "requests", "share", "p50 latency", "p95 latency", "p50 TTFT", "errors", "fallbacks",
                    "prompt tok/req", "completion tok/req"):
         table.add_column(column, justify="left" if column == "version" else "right")

@@ -21,10 +21,10 @@ def _seconds(value: float | None) -> str:
 
 def summary_table(report: EvalReport) -> Table:
     """One row per metric, one column per model."""
-    table = Table(title=f"eval: {report.data} ({report.lines} conversations) at {report.endpoint}", title_justify="left")
+    table = Table(title=escape(f"eval: {report.data} ({report.lines} conversations) at {report.endpoint}"), title_justify="left")
     table.add_column("metric", style="bold")
     for m in report.models:
-        table.add_column(m.model + (f" + prompt in {m.prompt_in} turn" if m.system_prompt else ""), justify="right")
+        table.add_column(escape(m.model + (f" + prompt in {m.prompt_in} turn" if m.system_prompt else "")), justify="right")
     fields = sorted({f.field for m in report.models for f in m.fields})
     rows: list[tuple[str, list[str]]] = [
         ("requests", [str(m.requests) for m in report.models]),
@@ -57,13 +57,13 @@ def confusion_table(model: str, confusion: Confusion) -> Table:
     """Expected labels down, predicted labels across, with the special columns only when they occur."""
     seen = {p for row in confusion.counts.values() for p in row}
     columns = confusion.labels + [c for c in (OTHER, MISSING, INVALID) if c in seen]
-    table = Table(title=f"{model}: {confusion.field}", title_justify="left")
+    table = Table(title=escape(f"{model}: {confusion.field}"), title_justify="left")
     table.add_column("expected ↓ predicted →", style="bold")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(escape(column), justify="right")
     for label in confusion.labels:
         row = confusion.counts.get(label, {})
-        table.add_row(label, *[_cell(row.get(c, 0), c == label) for c in columns])
+        table.add_row(escape(label), *[_cell(row.get(c, 0), c == label) for c in columns])
     return table
 
 
@@ -77,7 +77,8 @@ def failures_table(m: ModelReport) -> Table | None:
     failed = [c for c in m.cases if c.status != "ok"]
     if not failed:
         return None
-    table = Table(title=f"{m.model}: {len(failed)} failed request(s), first {min(len(failed), MAX_FAILURES_SHOWN)}", title_justify="left")
+    table = Table(title=escape(f"{m.model}: {len(failed)} failed request(s), first {min(len(failed), MAX_FAILURES_SHOWN)}"),
+                  title_justify="left")
     for column in ("line", "status", "error"):
         table.add_column(column)
     for c in failed[:MAX_FAILURES_SHOWN]:
@@ -91,7 +92,7 @@ def examples_table(report: EvalReport, n: int) -> Table:
     table.add_column("line")
     table.add_column("expected")
     for m in report.models:
-        table.add_column(m.model)
+        table.add_column(escape(m.model))
     for i in range(min(n, report.lines)):
         first = report.models[0].cases[i]
         expected = ", ".join(f"{k}={v}" for k, v in first.expected.items())
