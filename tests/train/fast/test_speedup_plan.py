@@ -60,6 +60,10 @@ CASES = {
             dict(fast=False, recompute="transformers", micro_batch=2, optimizer="adamw"), "CUDA-only"),
     "cpu without checkpointing": (dict(device=CPU, config={"quantization": "none", "gradient_checkpointing": False}),
                                   dict(fast=False, recompute="none"), "CUDA-only"),
+    "cpu says a memory budget does nothing there": (dict(device=CPU, config={"quantization": "none"}, budget=4 * GB),
+                                                    dict(fast=False), "CUDA-only; max_memory_gb bounds GPU memory, unused on a CPU"),
+    "the plain CUDA path says it holds no budget": (dict(speedups={"enabled": False}, budget=SEED_STACK_PEAK), dict(fast=False),
+                                                    "max_memory_gb is not held on the plain path"),
     "cpu honours a fixed micro-batch": (dict(device=CPU, config={"quantization": "none"}, speedups={"micro_batch": 1}),
                                         dict(fast=False, micro_batch=1), ""),
     "one CUDA process, QLoRA": (dict(), dict(

@@ -185,6 +185,9 @@ def plan_speedups(config: TrainConfig, precision: str, device: DeviceFacts, worl
                         world_size=world_size, global_batch=rows * config.grad_accum * world_size)
     problem = plain_path_reason(config, device, model)
     if problem:
+        if memory_budget is not None:  # said, not silently dropped: the plain path plans no memory
+            problem += ("; max_memory_gb bounds GPU memory, unused on a CPU" if device.kind != "cuda" else
+                        "; max_memory_gb is not held on the plain path (only the fused path plans memory)")
         return dataclasses.replace(plain, reasons=(problem,))
     reasons: list[str] = []
     storage: Storage = "as-loaded"
