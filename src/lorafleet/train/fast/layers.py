@@ -141,24 +141,24 @@ class FastDecoderLayer(nn.Module):
         kwargs["past_key_values"] = None
         if self.settings.recompute == "offload" and self.training and torch.is_grad_enabled():
             def run(hidden: Tensor, recomputing: bool) -> Tensor:
-                return self._body(hidden, keep_dense=False, recompute_attention=False, output_needed=not recomputing,
-                                  **kwargs)
+                return self._body(hidden, recompute_attention=False, output_needed=not recomputing, **kwargs)
             return OffloadedLayerFunction.apply(run, hidden_states, torch.empty(0, requires_grad=True),
                                                 self.copies, self.stash, self.settings.draws_random)
         recompute_attention = self.settings.recompute == "attention" and self.training
-        return self._body(hidden_states, keep_dense=False, recompute_attention=recompute_attention, **kwargs)
+        return self._body(hidden_states, recompute_attention=recompute_attention, **kwargs)
 
-    def _body(self, hidden_states: Tensor, keep_dense: bool, recompute_attention: bool, output_needed: bool = True,
-              **kwargs) -> Tensor:
+    def _body(self, hidden_states: Tensor, recompute_attention: bool, output_needed: bool = True, **kwargs) -> Tensor:
+        """The layer. Dense weights are kept past their use only inside the checkpointed attention (its recomputation
+        feeds backward at once); every other run dequantizes them again in backward."""
         if recompute_attention and torch.is_grad_enabled():
             # Checkpointed: the first run's saved tensors are dropped, the recomputation's (dense weights
             # kept) feed this layer's backward and are freed with it.
             attend = functools.partial(self._attention, keep_dense=True, **kwargs)
             attn = checkpoint(attend, hidden_states, use_reentrant=False)
         else:
-            attn = self._attention(hidden_states, keep_dense=keep_dense, **kwargs)
+            attn = self._attention(hidden_states, keep_dense=False, **kwargs)
         hidden_states = hidden_states + attn
-        return hidden_states + self._mlp(hidden_states, keep_dense, output_needed)
+        return hidden_states + self._mlp(hidden_states, output_needed)
 
     def _attention(self, hidden_states: Tensor, keep_dense: bool, position_embeddings: tuple[Tensor, Tensor],
                    attention_mask: Tensor | None = None, past_key_values=None, **kwargs) -> Tensor:
@@ -182,7 +182,7 @@ class FastDecoderLayer(nn.Module):
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * d)
         return _project(attn.o_proj, out, keep_dense)
 
-    def _mlp(self, hidden_states: Tensor, keep_dense: bool, output_needed: bool = True) -> Tensor:
+    def _mlp(self, hidden_states: Tensor, output_needed: bool = True) -> Tensor:
         """RMSNorm + SwiGLU MLP: one fused function, or the projections one by one. ``output_needed=False``: a
         recomputation whose output nobody reads (the fused function then skips the down projection's matmul)."""
         norm, mlp = self.post_attention_layernorm, self.mlp
@@ -192,7 +192,7 @@ class FastDecoderLayer(nn.Module):
             return NormLoraMLPFunction.apply(
                 hidden_states, norm.weight, norm.variance_epsilon, tuple(proj.base for proj in projections),
                 tuple(proj.parts.scale for proj in projections), mlp.gate_proj.p, *weights, self.settings.triton,
-                keep_dense, self.settings.device_seeds, self.settings.nf4_kernel, output_needed)
+                False, self.settings.device_seeds, self.settings.nf4_kernel, output_needed)  # False: keep_dense
         x = norm(hidden_states)
-        gate = mlp.act_fn(_project(mlp.gate_proj, x, keep_dense))
-        return _project(mlp.down_proj, gate * _project(mlp.up_proj, x, keep_dense), keep_dense)
+        gate = mlp.act_fn(_project(mlp.gate_proj, x, keep_dense=False))
+        return _project(mlp.down_proj, gate * _project(mlp.up_proj, x, keep_dense=False), keep_dense=False)
