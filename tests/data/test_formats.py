@@ -14,7 +14,7 @@ from lorafleet.data.formats import (
 )
 from lorafleet.data.validate import Reason
 
-from chat_files import write_jsonl
+from chat_files import gzipped_chats, write_cut_gzip, write_jsonl
 
 HELLO = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 
@@ -105,14 +105,8 @@ def test_gzip_input_is_detected_by_content(tmp_path: Path) -> None:
     assert isinstance(parsed[1], RejectedLine) and parsed[1].line == 2 and parsed[1].reason == Reason.INVALID_JSON
 
 
-def gzipped_chats(count: int) -> bytes:
-    return gzip.compress(b"".join(json.dumps({"messages": HELLO, "n": i}).encode() + b"\n" for i in range(count)))
-
-
 def test_a_cut_off_gzip_is_refused_naming_the_last_line_read(tmp_path: Path) -> None:
-    whole = gzipped_chats(2000)
-    path = tmp_path / "cut.jsonl.gz"
-    path.write_bytes(whole[: len(whole) // 2])
+    path = write_cut_gzip(tmp_path / "cut.jsonl.gz")
     read: list[int] = []
     with pytest.raises(UnreadableInput, match=r"cut\.jsonl\.gz: the gzip data is cut off or corrupt after line [\d,]+ ") as caught:
         read.extend(raw.line for raw in read_lines(path))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from chat_files import chat, write_jsonl
+from chat_files import chat, write_cut_gzip, write_jsonl
 
 from lorafleet.data.dataset import IGNORE_INDEX, load_report, read_split
 from lorafleet.data.formats import UnreadableInput
@@ -163,12 +163,7 @@ def test_inputs_that_give_no_train_sample_are_refused_with_the_report(tiny_model
 
 
 def test_a_cut_off_gzip_input_writes_nothing(tiny_model: Path, tmp_path: Path, opts) -> None:
-    import gzip
-
-    whole = gzip.compress(b"".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {
-        "role": "assistant", "content": "a"}]}).encode() + b"\n" for i in range(2000)))
-    path = tmp_path / "cut.jsonl.gz"
-    path.write_bytes(whole[: len(whole) // 2])
+    path = write_cut_gzip(tmp_path / "cut.jsonl.gz")
     with pytest.raises(UnreadableInput, match="cut off or corrupt after line"):
         prepare_dataset([path], tmp_path / "out", opts())
     assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chat_files import chat, write_jsonl
+from chat_files import chat, write_cut_gzip, write_jsonl
 from typer.testing import CliRunner
 
 from lorafleet.cli import app
@@ -51,11 +51,7 @@ def test_bad_options_and_inputs_fail_with_a_message(tiny_model: Path, tmp_path: 
 
 
 def test_a_cut_off_gzip_exits_with_a_message_not_an_abort(tiny_model: Path, tmp_path: Path) -> None:
-    import gzip
-
-    whole = gzip.compress(b"".join(json.dumps(chat(f"q{i}", "a")).encode() + b"\n" for i in range(2000)))
-    path = tmp_path / "cut.jsonl.gz"
-    path.write_bytes(whole[: len(whole) // 2])
+    path = write_cut_gzip(tmp_path / "cut.jsonl.gz")
     result = run(str(path), "--out", str(tmp_path / "out"), "--model", str(tiny_model))
     said = " ".join(result.stderr.split())  # the error console wraps long lines
     assert result.exit_code == 2 and "the gzip data is cut off or corrupt after line" in said, result.output
